@@ -1,0 +1,1 @@
+"""recorderd: analysis layer (see docs/architecture.md)."""

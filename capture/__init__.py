@@ -1,0 +1,1 @@
+"""recorderd: capture layer (see docs/architecture.md)."""

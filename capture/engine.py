@@ -1,0 +1,332 @@
+"""The capture engine: batches of frames in, finished recordings out through a sink.
+
+Per batch (a read chunk in replay, a TPACKET_V3 block when live):
+1. decode every frame to a transport payload (capture.packets, vectorised);
+2. walk the batch in order: RTP-like datagrams between two signalling messages are matched
+   against the media expectations in one vectorised lookup, and each SIP message (UDP, or
+   reassembled from TCP) updates the dialogs before the packets after it are matched;
+3. group the matched RTP packets by (expectation, SSRC) and let each stream account for,
+   place and decode its packets at once;
+4. hand the audio older than the jitter window to the sink, and finish the calls that ended.
+
+Nothing in the input can stop the engine: every ParseError is counted by reason and skipped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from capture.dialogs import Call, DialogTracker, TrackerSettings
+from capture.errors import ParseError, UnsupportedCodec
+from capture.expectations import MediaExpectation
+from capture.netdecode import PacketDecoder
+from capture.packets import KIND_MESSAGE, KIND_RTP, KIND_TCP, PacketArrays, decode_batch
+from capture.pcapio import FrameBatch
+from capture.recording import call_identity, recording_metadata
+from capture.rtp import parse_rtp_headers
+from capture.sip import looks_like_sip, parse_sip
+from capture.srtp import SrtpReceiver, supported_suite
+from capture.streams import CallAudio, MediaStream, PacketGroup, StreamSettings
+from capture.tcpstream import SipTcpReassembler
+from capture.timeline import CallTimeline
+
+ZRTP_MAGIC = b"ZRTP"   # RFC 6189 §5: magic cookie at bytes 4-7 of every ZRTP packet
+NARROWBAND_RATE = 8000
+
+
+class RecordingSink(Protocol):
+    """Where finished audio goes: WAV files for replay, the encrypted vault for the daemon."""
+
+    def open(self, call: Call, rate: int, started_at: float) -> Any: ...
+    def write(self, handle: Any, frames: np.ndarray) -> None: ...
+    def change_rate(self, handle: Any, new_rate: int) -> None: ...
+    def close(self, handle: Any, metadata: dict[str, Any]) -> None: ...
+    def discard(self, handle: Any) -> None: ...
+    def not_recorded(self, metadata: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class EngineSettings:
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    jitter_window_s: float = 0.5     # audio older than this (capture time) goes to the sink
+    reanchor_s: float = 0.2          # see capture.streams
+    flush_chunk_s: float = 10.0      # silence is written in pieces of at most this
+
+
+class CallMedia(CallAudio):
+    """The audio side of one call: its timeline, streams, and the sink handle."""
+
+    def __init__(self, call: Call, sink: RecordingSink, t0: float) -> None:
+        self.call = call
+        self.sink = sink
+        self.timeline = CallTimeline(t0, NARROWBAND_RATE)
+        self.handle = sink.open(call, NARROWBAND_RATE, t0)
+        self.streams: dict[tuple[int, int], MediaStream] = {}
+        self.srtp: dict[int, SrtpReceiver | None] = {}
+        self.frames = 0
+        self.encrypted = False
+        self.undecryptable = False
+
+    def ensure_rate(self, rate: int) -> None:
+        while rate > self.timeline.rate:
+            self.timeline.double_rate()
+            self.sink.change_rate(self.handle, self.timeline.rate)
+
+    def flush(self, upto: int, chunk: int) -> None:
+        for frames in self.timeline.chunks(upto, chunk):
+            self.sink.write(self.handle, frames)
+            self.frames += len(frames)
+
+
+class CaptureEngine:
+    def __init__(self, sink: RecordingSink, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self.sink = sink
+        self.tracker = DialogTracker(self.settings.tracker)
+        self.decoder = PacketDecoder()
+        self.tcp = SipTcpReassembler()
+        self.stream_settings = StreamSettings(reanchor_s=self.settings.reanchor_s)
+        self.media: dict[str, CallMedia] = {}
+        self.video_seen: set[str] = set()
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.now = 0.0
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def feed(self, batch: FrameBatch) -> None:
+        if not len(batch):
+            return
+        arrays = decode_batch(batch, self.decoder, self.tracker.expectations.addresses, self.errors)
+        n = len(arrays)
+        self.counters["frames"] += n
+        matched = np.full(n, -1, np.int64)
+        claims: dict[int, MediaExpectation] = {}
+        rtp_like = arrays.kind == KIND_RTP
+        start = 0
+        for i in np.flatnonzero(arrays.kind >= KIND_MESSAGE).tolist() + [n]:
+            if i > start:
+                self._match(arrays, start, i, rtp_like, matched, claims)
+            if i < n:
+                self._message(arrays, i)
+            start = i + 1
+        self._media(arrays, matched, claims)
+        self.now = max(self.now, float(arrays.ts.max()))
+        self._housekeeping()
+
+    def _match(self, arrays: PacketArrays, lo: int, hi: int, rtp_like: np.ndarray,
+               matched: np.ndarray, claims: dict[int, MediaExpectation]) -> None:
+        idx = lo + np.flatnonzero(rtp_like[lo:hi])
+        if not len(idx):
+            return
+        local, table = self.tracker.expectations.lookup_keys(arrays.src_key[idx], arrays.dst_key[idx])
+        hit = local >= 0
+        self.counters["rtp_unmatched"] += int(len(idx) - np.count_nonzero(hit))
+        for j in np.unique(local[hit]).tolist():
+            claims[table[j].ident] = table[j]
+        idents = np.array([e.ident for e in table], np.int64) if table else np.zeros(0, np.int64)
+        matched[idx[hit]] = idents[local[hit]]
+
+    # -- signalling ----------------------------------------------------------------------------
+
+    def _message(self, arrays: PacketArrays, i: int) -> None:
+        ts = float(arrays.ts[i])
+        src, dst = arrays.endpoints(i)
+        if arrays.kind[i] == KIND_TCP:
+            seg = arrays.segments[i]
+            before = Counter(self.tcp.errors)
+            for done_ts, message in self.tcp.feed(seg):
+                self._sip(message, done_ts, src, dst)
+            self.errors.update(self.tcp.errors - before)
+            return
+        payload = arrays.payload(i)
+        if payload[4:8] == ZRTP_MAGIC:
+            self._zrtp(src, dst)
+        elif looks_like_sip(payload):
+            self._sip(payload, ts, src, dst)
+
+    def _sip(self, data: bytes, ts: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        self.counters["sip_messages"] += 1
+        try:
+            message = parse_sip(data)
+            self.tracker.on_message(message, ts, src, dst)
+        except ParseError as err:
+            self.errors[err.reason] += 1
+
+    def _zrtp(self, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        """ZRTP (RFC 6189) negotiates keys in-band: the media after it cannot be decrypted."""
+        self.counters["zrtp_packets"] += 1
+        claim = self.tracker.expectations.lookup(src[0], src[1], dst[0], dst[1])
+        call = self.tracker.calls.get(claim.call_key) if claim else None
+        if call is not None:
+            call.zrtp = True
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def _media(self, arrays: PacketArrays, matched: np.ndarray, claims: dict[int, MediaExpectation]) -> None:
+        idx = np.flatnonzero(matched >= 0)
+        if not len(idx):
+            return
+        hdr = parse_rtp_headers(arrays.buf, arrays.payload_offset[idx], arrays.payload_length[idx])
+        bad = int(len(idx) - np.count_nonzero(hdr.valid))
+        if bad:
+            self.errors["rtp.malformed"] += bad
+        keep = np.flatnonzero(hdr.valid)
+        idx = idx[keep]
+        ident = matched[idx]
+        ssrc = hdr.ssrc[keep]
+        order = np.lexsort((idx, ssrc, ident))
+        ident, ssrc = ident[order], ssrc[order]
+        cuts = np.flatnonzero((np.diff(ident) != 0) | (np.diff(ssrc) != 0)) + 1
+        bounds = np.concatenate(([0], cuts, [len(order)])).tolist()
+        groups: list[tuple[MediaExpectation, int, np.ndarray, np.ndarray]] = []
+        first_arrival: dict[str, float] = {}
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            rows = keep[order[a:b]]                # rows into hdr arrays
+            claim = claims[int(ident[a])]
+            if claim.kind != "audio":
+                self.counters["rtp_non_audio"] += b - a
+                self.video_seen.add(claim.call_key)
+                continue
+            at = idx[order[a:b]]                   # rows into the batch arrays
+            groups.append((claim, int(ssrc[a]), rows, at))
+            t = float(arrays.ts[at[0]])
+            first_arrival[claim.call_key] = min(first_arrival.get(claim.call_key, t), t)
+        self.counters["rtp_packets"] += sum(len(g[3]) for g in groups)
+        for key, t in first_arrival.items():
+            self._prepare_call(key, t)
+        for claim, stream_ssrc, rows, at in groups:
+            self._ingest(arrays, hdr, claim, stream_ssrc, rows, at)
+
+    def _prepare_call(self, key: str, first: float) -> None:
+        """Open the recording at the call's first media packet; after a quiet spell, write the
+        silence up to the jitter window before the new packets, so the buffer stays small."""
+        call = self.tracker.calls[key]
+        media = self.media.get(key)
+        if media is None:
+            self.media[key] = CallMedia(call, self.sink, first)
+            return
+        self.tracker.on_media(call, first)
+        window = self.settings.jitter_window_s
+        target = media.timeline.sample_at(first - window)
+        if target > media.timeline.end:
+            media.flush(target, int(self.settings.flush_chunk_s * media.timeline.rate))
+
+    def _ingest(self, arrays: PacketArrays, hdr: Any, claim: MediaExpectation, ssrc: int,
+                rows: np.ndarray, at: np.ndarray) -> None:
+        call = self.tracker.calls[claim.call_key]
+        media = self.media[claim.call_key]
+        self.tracker.on_media(call, float(arrays.ts[at[-1]]))
+        stream = media.streams.get((claim.channel, ssrc))
+        if stream is None:
+            src, dst = arrays.endpoints(int(at[0]))
+            stream = MediaStream(claim.channel, ssrc, f"{src[0]}:{src[1]}", f"{dst[0]}:{dst[1]}",
+                                 self.stream_settings)
+            media.streams[(claim.channel, ssrc)] = stream
+        group = PacketGroup(
+            buf=arrays.buf, raw=arrays.raw, arrival=arrays.ts[at], seq=hdr.seq[rows],
+            timestamp=hdr.timestamp[rows], payload_type=hdr.payload_type[rows],
+            payload_offset=hdr.payload_offset[rows], payload_length=hdr.payload_length[rows],
+            packet_offset=arrays.payload_offset[at], packet_length=arrays.payload_length[at],
+        )
+        silenced, payload_of = self._secure_payloads(call, media, claim, group)
+
+        def codec_for(pt: int) -> Any:
+            return claim.codecs.get(pt) or call.codecs.get(pt)
+
+        try:
+            stream.ingest(group, codec_for, media, silenced, payload_of)
+        except UnsupportedCodec as err:
+            self.errors[err.reason] += 1
+        for reason, count in stream.errors.items():
+            self.errors[reason] += count
+        stream.errors.clear()
+
+    def _secure_payloads(self, call: Call, media: CallMedia, claim: MediaExpectation,
+                         group: PacketGroup) -> tuple[bool, Any]:
+        """(silenced, payload_of) for the stream: SRTP is decrypted with the SDES key of the
+        side that sends it (RFC 4568 §6.1); ZRTP or missing keys leave silence."""
+        if call.zrtp:
+            media.encrypted = media.undecryptable = True
+            return True, None
+        if not claim.secure:
+            return False, None
+        media.encrypted = True
+        receiver = self._srtp_receiver(call, media, claim.channel)
+        if receiver is None:
+            media.undecryptable = True
+            return True, None
+        raw = group.raw
+
+        def payload_of(i: int) -> bytes | None:
+            start = int(group.packet_offset[i])
+            packet = bytes(raw[start:start + int(group.packet_length[i])])
+            try:
+                plain = receiver.unprotect(packet)
+            except ParseError as err:
+                self.errors[err.reason] += 1
+                return None
+            header = int(group.payload_offset[i]) - start
+            pad = plain[-1] if plain[0] & 0x20 and len(plain) > header else 0
+            return plain[header:len(plain) - pad]
+
+        return False, payload_of
+
+    def _srtp_receiver(self, call: Call, media: CallMedia, channel: int) -> SrtpReceiver | None:
+        if channel not in media.srtp:
+            keys = [k for k in call.crypto.get(channel, []) if supported_suite(k.suite)]
+            chosen = [k for k in keys if k.tag == call.chosen_crypto_tag] or keys
+            receiver = None
+            if chosen:
+                try:
+                    receiver = SrtpReceiver(chosen[0].suite, chosen[0].key_params)
+                except ParseError as err:
+                    self.errors[err.reason] += 1
+            media.srtp[channel] = receiver
+        return media.srtp[channel]
+
+    # -- time and endings ----------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        for call in self.tracker.expire(self.now):
+            self._finish_call(call)
+        window = self.settings.jitter_window_s
+        for media in self.media.values():
+            t = media.timeline
+            media.flush(min(t.sample_at(self.now - window), t.end), int(self.settings.flush_chunk_s * t.rate))
+        self.tcp.expire(self.now)
+
+    def finish(self) -> None:
+        """End of input: every open call ends now and is written out."""
+        for call in self.tracker.close_all():
+            self._finish_call(call)
+
+    def _finish_call(self, call: Call) -> None:
+        media = self.media.pop(call.key, None)
+        self.counters["calls"] += 1
+        if media is None:
+            reason = "video_only" if call.key in self.video_seen else "no_media"
+            self._not_recorded(call, reason)
+            return
+        t = media.timeline
+        media.flush(max(t.end, t.base), int(self.settings.flush_chunk_s * t.rate))
+        streams = list(media.streams.values())
+        decoded_any = any(s.unique > s.undecodable for s in streams)
+        if not decoded_any and not media.undecryptable:
+            media.sink.discard(media.handle)
+            names = sorted({c for s in streams for c in s.codecs}) or ["unknown payload types"]
+            self._not_recorded(call, "codec_unknown: " + ", ".join(names))
+            return
+        metadata = recording_metadata(
+            call, streams, started_at=t.t0, frames=media.frames, rate=t.rate,
+            late_samples=t.late_samples, encrypted=media.encrypted, decodable=not media.undecryptable)
+        self.sink.close(media.handle, metadata)
+        self.counters["recordings"] += 1
+
+    def _not_recorded(self, call: Call, reason: str) -> None:
+        self.counters["not_recorded"] += 1
+        self.sink.not_recorded({**call_identity(call), "reason": reason})

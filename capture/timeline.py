@@ -1,0 +1,104 @@
+"""The stereo timeline of one call, held in memory only as long as the jitter window.
+
+Sample 0 is the arrival of the call's first media packet. Packets are written at their
+sample position (from their RTP timestamp, anchored on arrival time), so loss, silence
+suppression and hold leave zeros of the right length and both channels stay aligned. The
+engine periodically `take`s everything older than the jitter window and hands it to the sink:
+a call's audio is never held whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+INITIAL_FRAMES = 8000
+MAX_SPAN_S = 120.0   # a write further ahead than this from what was flushed is refused
+
+
+class CallTimeline:
+    def __init__(self, t0: float, rate: int) -> None:
+        self.t0 = t0
+        self.rate = rate
+        self.base = 0                  # absolute sample index of buf[0]; before it: with the sink
+        self.end = 0                   # one past the last sample any packet wrote
+        self.buf = np.zeros((INITIAL_FRAMES, 2), np.int16)
+        self.late_samples = 0          # samples that arrived after their place was flushed
+        self.refused_samples = 0       # samples placed absurdly far ahead (bad timestamps)
+
+    def sample_at(self, when: float) -> int:
+        """The sample index of capture time `when` on this call's timeline."""
+        return int(round((when - self.t0) * self.rate))
+
+    def _reserve(self, upto: int) -> bool:
+        needed = upto - self.base
+        if needed > MAX_SPAN_S * self.rate:
+            return False
+        if needed > len(self.buf):
+            grown = np.zeros((max(needed, 2 * len(self.buf)), 2), np.int16)
+            grown[: len(self.buf)] = self.buf
+            self.buf = grown
+        return True
+
+    def write_block(self, channel: int, positions: np.ndarray, block: np.ndarray) -> None:
+        """Write row i of `block` (n x L samples) at absolute sample positions[i]."""
+        if not len(positions):
+            return
+        width = block.shape[1]
+        index = positions[:, None] + np.arange(width) - self.base
+        keep = index >= 0
+        self.late_samples += int(index.size - np.count_nonzero(keep))
+        if not keep.any():
+            return
+        top = int(index.max()) + 1 + self.base
+        if not self._reserve(top):
+            self.refused_samples += int(np.count_nonzero(keep))
+            return
+        self.buf[index[keep], channel] = block[keep]
+        self.end = max(self.end, top)
+
+    def write(self, channel: int, position: int, samples: np.ndarray) -> None:
+        """Write one packet's samples starting at an absolute sample position."""
+        if len(samples):
+            self.write_block(channel, np.array([position], np.int64), samples.reshape(1, -1))
+
+    def take(self, upto: int) -> np.ndarray:
+        """Hand over samples [base, upto) as an (n, 2) int16 array and forget them.
+
+        Past what the buffer holds the answer is silence (a hold, or a gap in the capture);
+        callers take long spans in pieces (see `chunks`)."""
+        count = upto - self.base
+        if count <= 0:
+            return np.zeros((0, 2), np.int16)
+        held = min(count, len(self.buf))
+        out = np.zeros((count, 2), np.int16)
+        out[:held] = self.buf[:held]
+        rest = len(self.buf) - held
+        self.buf[:rest] = self.buf[held:]
+        self.buf[rest:] = 0
+        self.base += count
+        return out
+
+    def chunks(self, upto: int, max_frames: int) -> Iterator[np.ndarray]:
+        """`take` in pieces of at most max_frames, so a long silence never becomes one array."""
+        while self.base < upto:
+            yield self.take(min(upto, self.base + max_frames))
+
+    def take_rest(self) -> np.ndarray:
+        """At the end of the call: everything up to the last written sample."""
+        return self.take(max(self.end, self.base))
+
+    def double_rate(self) -> None:
+        """Switch to twice the sample rate (a wideband leg joined a narrowband call).
+
+        Held samples are upsampled by linear interpolation; positions double."""
+        held = self.buf
+        up = np.zeros((2 * len(held), 2), np.int16)
+        up[0::2] = held
+        nxt = np.vstack([held[1:], held[-1:]]).astype(np.int32)
+        up[1::2] = ((held.astype(np.int32) + nxt) // 2).astype(np.int16)
+        self.buf = up
+        self.base *= 2
+        self.end *= 2
+        self.rate *= 2

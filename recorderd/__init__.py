@@ -1,0 +1,1 @@
+"""recorderd: recorderd layer (see docs/architecture.md)."""

@@ -1,0 +1,3 @@
+from recorderd.cli import main
+import sys
+sys.exit(main())

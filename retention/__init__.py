@@ -1,0 +1,1 @@
+"""recorderd: retention layer (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""recorderd: storage layer (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""recorderd: webadmin layer (see docs/architecture.md)."""
