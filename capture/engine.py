@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from capture.codecs import CodecSpec
 from capture.dialogs import Call, DialogTracker, TrackerSettings
-from capture.errors import ParseError, UnsupportedCodec
+from capture.errors import ParseError
 from capture.expectations import MediaExpectation
+from capture.mediabatch import BatchPackets, MediaBatchProcessor, PayloadOf, StreamWork
 from capture.netdecode import PacketDecoder
 from capture.packets import KIND_MESSAGE, KIND_RTP, KIND_TCP, PacketArrays, decode_batch
 from capture.pcapio import FrameBatch
@@ -30,7 +32,7 @@ from capture.recording import call_identity, recording_metadata
 from capture.rtp import parse_rtp_headers
 from capture.sip import looks_like_sip, parse_sip
 from capture.srtp import SrtpReceiver, supported_suite
-from capture.streams import CallAudio, MediaStream, PacketGroup, StreamSettings
+from capture.streams import CallAudio, MediaStream
 from capture.tcpstream import SipTcpReassembler
 from capture.timeline import CallTimeline
 
@@ -89,7 +91,7 @@ class CaptureEngine:
         self.tracker = DialogTracker(self.settings.tracker)
         self.decoder = PacketDecoder()
         self.tcp = SipTcpReassembler()
-        self.stream_settings = StreamSettings(reanchor_s=self.settings.reanchor_s)
+        self.media_pass = MediaBatchProcessor(self.settings.reanchor_s)
         self.media: dict[str, CallMedia] = {}
         self.video_seen: set[str] = set()
         self.counters: Counter[str] = Counter()
@@ -176,78 +178,75 @@ class CaptureEngine:
         if bad:
             self.errors["rtp.malformed"] += bad
         keep = np.flatnonzero(hdr.valid)
-        idx = idx[keep]
-        ident = matched[idx]
-        ssrc = hdr.ssrc[keep]
-        order = np.lexsort((idx, ssrc, ident))
-        ident, ssrc = ident[order], ssrc[order]
+        idx, ident, ssrc = idx[keep], matched[idx[keep]], hdr.ssrc[keep]
+        order = np.lexsort((idx, ssrc, ident))           # by stream, then arrival
+        keep, idx, ident, ssrc = keep[order], idx[order], ident[order], ssrc[order]
         cuts = np.flatnonzero((np.diff(ident) != 0) | (np.diff(ssrc) != 0)) + 1
-        bounds = np.concatenate(([0], cuts, [len(order)])).tolist()
-        groups: list[tuple[MediaExpectation, int, np.ndarray, np.ndarray]] = []
+        bounds = np.concatenate(([0], cuts, [len(idx)])).tolist()
+        audio_rows: list[np.ndarray] = []
+        plan: list[tuple[MediaExpectation, int, int]] = []   # claim, ssrc, first packet index
         first_arrival: dict[str, float] = {}
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            rows = keep[order[a:b]]                # rows into hdr arrays
             claim = claims[int(ident[a])]
             if claim.kind != "audio":
                 self.counters["rtp_non_audio"] += b - a
                 self.video_seen.add(claim.call_key)
                 continue
-            at = idx[order[a:b]]                   # rows into the batch arrays
-            groups.append((claim, int(ssrc[a]), rows, at))
-            t = float(arrays.ts[at[0]])
+            audio_rows.append(np.arange(a, b))
+            plan.append((claim, int(ssrc[a]), int(idx[a])))
+            t = float(arrays.ts[idx[a]])
             first_arrival[claim.call_key] = min(first_arrival.get(claim.call_key, t), t)
-        self.counters["rtp_packets"] += sum(len(g[3]) for g in groups)
+        if not plan:
+            return
         for key, t in first_arrival.items():
             self._prepare_call(key, t)
-        for claim, stream_ssrc, rows, at in groups:
-            self._ingest(arrays, hdr, claim, stream_ssrc, rows, at)
+        rows = np.concatenate(audio_rows)
+        sid = np.repeat(np.arange(len(plan)), [len(r) for r in audio_rows])
+        at, hrow = idx[rows], keep[rows]
+        self.counters["rtp_packets"] += len(rows)
+        batch = BatchPackets(
+            raw=arrays.raw, buf=arrays.buf, stream=sid, arrival=arrays.ts[at], seq=hdr.seq[hrow],
+            timestamp=hdr.timestamp[hrow], payload_type=hdr.payload_type[hrow],
+            payload_offset=hdr.payload_offset[hrow], payload_length=hdr.payload_length[hrow])
+        packet_offset, packet_length = arrays.payload_offset[at], arrays.payload_length[at]
+        work = [self._stream_work(arrays, claim, stream_ssrc, first, batch, packet_offset, packet_length)
+                for claim, stream_ssrc, first in plan]
+        for reason, count in self.media_pass.process(batch, work).items():
+            self.errors[reason] += count
 
     def _prepare_call(self, key: str, first: float) -> None:
         """Open the recording at the call's first media packet; after a quiet spell, write the
         silence up to the jitter window before the new packets, so the buffer stays small."""
         call = self.tracker.calls[key]
+        self.tracker.on_media(call, first)
         media = self.media.get(key)
         if media is None:
             self.media[key] = CallMedia(call, self.sink, first)
             return
-        self.tracker.on_media(call, first)
-        window = self.settings.jitter_window_s
-        target = media.timeline.sample_at(first - window)
+        target = media.timeline.sample_at(first - self.settings.jitter_window_s)
         if target > media.timeline.end:
             media.flush(target, int(self.settings.flush_chunk_s * media.timeline.rate))
 
-    def _ingest(self, arrays: PacketArrays, hdr: Any, claim: MediaExpectation, ssrc: int,
-                rows: np.ndarray, at: np.ndarray) -> None:
+    def _stream_work(self, arrays: PacketArrays, claim: MediaExpectation, ssrc: int, first: int,
+                     batch: BatchPackets, packet_offset: np.ndarray, packet_length: np.ndarray) -> StreamWork:
         call = self.tracker.calls[claim.call_key]
         media = self.media[claim.call_key]
-        self.tracker.on_media(call, float(arrays.ts[at[-1]]))
         stream = media.streams.get((claim.channel, ssrc))
         if stream is None:
-            src, dst = arrays.endpoints(int(at[0]))
+            src, dst = arrays.endpoints(first)
             stream = MediaStream(claim.channel, ssrc, f"{src[0]}:{src[1]}", f"{dst[0]}:{dst[1]}",
-                                 self.stream_settings)
+                                 reanchor_s=self.settings.reanchor_s)
             media.streams[(claim.channel, ssrc)] = stream
-        group = PacketGroup(
-            buf=arrays.buf, raw=arrays.raw, arrival=arrays.ts[at], seq=hdr.seq[rows],
-            timestamp=hdr.timestamp[rows], payload_type=hdr.payload_type[rows],
-            payload_offset=hdr.payload_offset[rows], payload_length=hdr.payload_length[rows],
-            packet_offset=arrays.payload_offset[at], packet_length=arrays.payload_length[at],
-        )
-        silenced, payload_of = self._secure_payloads(call, media, claim, group)
+        self.tracker.on_media(call, self.now)
+        silenced, payload_of = self._secure_payloads(call, media, claim, batch, packet_offset, packet_length)
 
-        def codec_for(pt: int) -> Any:
+        def codec_for(pt: int) -> CodecSpec | None:
             return claim.codecs.get(pt) or call.codecs.get(pt)
 
-        try:
-            stream.ingest(group, codec_for, media, silenced, payload_of)
-        except UnsupportedCodec as err:
-            self.errors[err.reason] += 1
-        for reason, count in stream.errors.items():
-            self.errors[reason] += count
-        stream.errors.clear()
+        return StreamWork(stream, media, codec_for, silenced, payload_of)
 
-    def _secure_payloads(self, call: Call, media: CallMedia, claim: MediaExpectation,
-                         group: PacketGroup) -> tuple[bool, Any]:
+    def _secure_payloads(self, call: Call, media: CallMedia, claim: MediaExpectation, batch: BatchPackets,
+                         packet_offset: np.ndarray, packet_length: np.ndarray) -> tuple[bool, PayloadOf | None]:
         """(silenced, payload_of) for the stream: SRTP is decrypted with the SDES key of the
         side that sends it (RFC 4568 §6.1); ZRTP or missing keys leave silence."""
         if call.zrtp:
@@ -260,17 +259,16 @@ class CaptureEngine:
         if receiver is None:
             media.undecryptable = True
             return True, None
-        raw = group.raw
+        raw = batch.raw
 
         def payload_of(i: int) -> bytes | None:
-            start = int(group.packet_offset[i])
-            packet = bytes(raw[start:start + int(group.packet_length[i])])
+            start = int(packet_offset[i])
             try:
-                plain = receiver.unprotect(packet)
+                plain = receiver.unprotect(bytes(raw[start:start + int(packet_length[i])]))
             except ParseError as err:
                 self.errors[err.reason] += 1
                 return None
-            header = int(group.payload_offset[i]) - start
+            header = int(batch.payload_offset[i]) - start
             pad = plain[-1] if plain[0] & 0x20 and len(plain) > header else 0
             return plain[header:len(plain) - pad]
 
@@ -315,6 +313,8 @@ class CaptureEngine:
         t = media.timeline
         media.flush(max(t.end, t.base), int(self.settings.flush_chunk_s * t.rate))
         streams = list(media.streams.values())
+        for stream in streams:
+            self.media_pass.release(stream)
         decoded_any = any(s.unique > s.undecodable for s in streams)
         if not decoded_any and not media.undecryptable:
             media.sink.discard(media.handle)

@@ -71,6 +71,10 @@ _OPT_IF_TSOFFSET = 14
 _ARANGE16 = np.arange(_PCAP_RECORD_HEADER_LEN, dtype=np.int64)
 
 
+_RUN_LOOKAHEAD = 1024   # records checked at once in a run of equal lengths
+_RUN_MIN = 8
+
+
 @dataclass(slots=True)
 class FrameBatch:
     """Frames of one link type that live inside one read buffer."""
@@ -154,19 +158,35 @@ class _PcapParser:
         self._record_dtype = np.dtype(order + "u4")
 
     def _walk_records(self, buf: bytes, pos: int) -> tuple[list[int], int]:
-        """Record header offsets of every complete record from `pos`; the hot loop."""
+        """Record header offsets of every complete record from `pos`; the hot loop.
+
+        Voice traffic is mostly runs of records of one length (all G.711 20 ms packets are
+        the same size), so after two equal lengths the next records are checked at once
+        through a strided numpy view of their length fields, and the run is taken whole."""
         assert self._incl_len is not None
         unpack_incl = self._incl_len.unpack_from
         starts: list[int] = []
         append = starts.append
+        extend = starts.extend
         end = len(buf)
         last_header = end - _PCAP_RECORD_HEADER_LEN
+        previous = -1
         while pos <= last_header:
             (incl,) = unpack_incl(buf, pos + 8)
-            nxt = pos + _PCAP_RECORD_HEADER_LEN + incl
+            step = _PCAP_RECORD_HEADER_LEN + incl
+            nxt = pos + step
             if nxt > end:
                 break
             append(pos)
+            if incl == previous:
+                ahead = min(_RUN_LOOKAHEAD, (end - nxt) // step)
+                if ahead >= _RUN_MIN:
+                    lengths = np.ndarray((ahead,), self._record_dtype, buf, nxt + 8, (step,))
+                    same = lengths == incl
+                    run = ahead if same.all() else int(same.argmin())
+                    extend(range(nxt, nxt + run * step, step))
+                    nxt += run * step
+            previous = incl
             pos = nxt
         return starts, pos
 

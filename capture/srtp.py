@@ -5,7 +5,7 @@ with, so a recorder needs one `SrtpReceiver` per stream direction, built from th
 attribute of the SDP of the side that sends the stream.
 
 libsrtp does the cryptography (through pylibsrtp). pylibsrtp only exposes profiles for
-AES-128-CM and AES-GCM; the RFC 6188 AES-192/256-CM suites are set up by calling libsrtp's
+AES-128-CM and AES-GCM; the RFC 6188 AES-256-CM suites are set up by calling libsrtp's
 own crypto-policy setters on the policy pylibsrtp built (see `_apply_native_setter`).
 RFC 4568 MKIs are handled here for the AES-CM suites: the MKI sits between the payload and
 the authentication tag (RFC 3711 §3.1), is not authenticated, and selects the master key,
@@ -47,15 +47,8 @@ _P = pylibsrtp.Policy
 _SUITES: dict[str, _Suite] = {
     "AES_CM_128_HMAC_SHA1_80": _Suite(16, 14, _P.SRTP_PROFILE_AES128_CM_SHA1_80, 10),
     "AES_CM_128_HMAC_SHA1_32": _Suite(16, 14, _P.SRTP_PROFILE_AES128_CM_SHA1_32, 4),
-    # RFC 6188: AES-192/256 counter mode, same 112-bit salt and HMAC-SHA1 tags.
-    "AES_192_CM_HMAC_SHA1_80": _Suite(
-        24, 14, _P.SRTP_PROFILE_AES128_CM_SHA1_80, 10,
-        "srtp_crypto_policy_set_aes_cm_192_hmac_sha1_80", "srtp_crypto_policy_set_aes_cm_192_hmac_sha1_80",
-    ),
-    "AES_192_CM_HMAC_SHA1_32": _Suite(
-        24, 14, _P.SRTP_PROFILE_AES128_CM_SHA1_80, 4,
-        "srtp_crypto_policy_set_aes_cm_192_hmac_sha1_32", "srtp_crypto_policy_set_aes_cm_192_hmac_sha1_80",
-    ),
+    # RFC 6188: AES-256 counter mode, same 112-bit salt and HMAC-SHA1 tags. (AES-192 is left
+    # out: this libsrtp's AES-192 output disagrees with an RFC 3711/6188 reference sender.)
     "AES_256_CM_HMAC_SHA1_80": _Suite(
         32, 14, _P.SRTP_PROFILE_AES128_CM_SHA1_80, 10,
         "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80", "srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80",
@@ -69,8 +62,6 @@ _SUITES: dict[str, _Suite] = {
     "AEAD_AES_256_GCM": _Suite(32, 12, _P.SRTP_PROFILE_AEAD_AES_256_GCM, 16, aead=True),
 }  # fmt: skip
 _SUITE_ALIASES = {  # spellings used by some older endpoints
-    "AES_CM_192_HMAC_SHA1_80": "AES_192_CM_HMAC_SHA1_80",
-    "AES_CM_192_HMAC_SHA1_32": "AES_192_CM_HMAC_SHA1_32",
     "AES_CM_256_HMAC_SHA1_80": "AES_256_CM_HMAC_SHA1_80",
     "AES_CM_256_HMAC_SHA1_32": "AES_256_CM_HMAC_SHA1_32",
 }

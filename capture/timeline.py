@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-INITIAL_FRAMES = 8000
 MAX_SPAN_S = 120.0   # a write further ahead than this from what was flushed is refused
 
 
@@ -23,7 +22,8 @@ class CallTimeline:
         self.rate = rate
         self.base = 0                  # absolute sample index of buf[0]; before it: with the sink
         self.end = 0                   # one past the last sample any packet wrote
-        self.buf = np.zeros((INITIAL_FRAMES, 2), np.int16)
+        # planar (channel, frame): a packet's samples are one contiguous copy
+        self.buf = np.zeros((2, rate // 2), np.int16)
         self.late_samples = 0          # samples that arrived after their place was flushed
         self.refused_samples = 0       # samples placed absurdly far ahead (bad timestamps)
 
@@ -35,28 +35,42 @@ class CallTimeline:
         needed = upto - self.base
         if needed > MAX_SPAN_S * self.rate:
             return False
-        if needed > len(self.buf):
-            grown = np.zeros((max(needed, 2 * len(self.buf)), 2), np.int16)
-            grown[: len(self.buf)] = self.buf
+        held = self.buf.shape[1]
+        if needed > held:
+            # grow in quarter seconds, not by doubling: memory per call is a product target
+            grown = np.zeros((2, needed + self.rate // 4), np.int16)
+            grown[:, :held] = self.buf
             self.buf = grown
         return True
 
     def write_block(self, channel: int, positions: np.ndarray, block: np.ndarray) -> None:
-        """Write row i of `block` (n x L samples) at absolute sample positions[i]."""
-        if not len(positions):
+        """Write row i of `block` (n x L samples) at absolute sample positions[i].
+
+        Consecutive packets usually sit back to back (position step == L): such runs are
+        copied as one slice; anything else (late, overlapping) goes through a scatter."""
+        n = len(positions)
+        if not n:
             return
         width = block.shape[1]
-        index = positions[:, None] + np.arange(width) - self.base
+        top = int(positions.max()) + width
+        if not self._reserve(top):
+            self.refused_samples += block.size
+            return
+        breaks = np.flatnonzero(np.diff(positions) != width) + 1
+        bounds = np.concatenate(([0], breaks, [n])).tolist()
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            start = int(positions[lo]) - self.base
+            if start >= 0:
+                self.buf[channel, start:start + (hi - lo) * width] = block[lo:hi].reshape(-1)
+            else:
+                self._scatter(channel, positions[lo:hi], block[lo:hi])
+        self.end = max(self.end, top)
+
+    def _scatter(self, channel: int, positions: np.ndarray, block: np.ndarray) -> None:
+        index = positions[:, None] + np.arange(block.shape[1]) - self.base
         keep = index >= 0
         self.late_samples += int(index.size - np.count_nonzero(keep))
-        if not keep.any():
-            return
-        top = int(index.max()) + 1 + self.base
-        if not self._reserve(top):
-            self.refused_samples += int(np.count_nonzero(keep))
-            return
-        self.buf[index[keep], channel] = block[keep]
-        self.end = max(self.end, top)
+        self.buf[channel, index[keep]] = block[keep]
 
     def write(self, channel: int, position: int, samples: np.ndarray) -> None:
         """Write one packet's samples starting at an absolute sample position."""
@@ -71,12 +85,13 @@ class CallTimeline:
         count = upto - self.base
         if count <= 0:
             return np.zeros((0, 2), np.int16)
-        held = min(count, len(self.buf))
+        size = self.buf.shape[1]
+        held = min(count, size)
         out = np.zeros((count, 2), np.int16)
-        out[:held] = self.buf[:held]
-        rest = len(self.buf) - held
-        self.buf[:rest] = self.buf[held:]
-        self.buf[rest:] = 0
+        out[:held] = self.buf[:, :held].T
+        rest = size - held
+        self.buf[:, :rest] = self.buf[:, held:]
+        self.buf[:, rest:] = 0
         self.base += count
         return out
 
@@ -94,10 +109,10 @@ class CallTimeline:
 
         Held samples are upsampled by linear interpolation; positions double."""
         held = self.buf
-        up = np.zeros((2 * len(held), 2), np.int16)
-        up[0::2] = held
-        nxt = np.vstack([held[1:], held[-1:]]).astype(np.int32)
-        up[1::2] = ((held.astype(np.int32) + nxt) // 2).astype(np.int16)
+        up = np.zeros((2, 2 * held.shape[1]), np.int16)
+        up[:, 0::2] = held
+        nxt = np.concatenate([held[:, 1:], held[:, -1:]], axis=1).astype(np.int32)
+        up[:, 1::2] = ((held.astype(np.int32) + nxt) // 2).astype(np.int16)
         self.buf = up
         self.base *= 2
         self.end *= 2

@@ -1,6 +1,7 @@
 """Plaintext WAV + JSON per call: the forensic output of `recorderd replay --out DIR`.
 
-Audio is streamed into DIR/<id>.wav.part as the engine hands it over and renamed into place,
+Audio is streamed into DIR/<id>.wav.part as the engine hands it over (raw frames appended
+after a placeholder header, which is filled in at the end) and renamed into place,
 with its JSON, when the call is finished; a crash leaves only .part files, never a WAV that
 looks complete and is not. Writes go through a temp file, fsync and rename.
 """
@@ -11,15 +12,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-import soundfile as sf
 
 from capture.codecs import upsample_2x
 from capture.dialogs import Call
+from capture.wavfile import WAV_HEADER_BYTES, wav_header
 
 READ_CHUNK_FRAMES = 1 << 16
+CHANNELS = 2
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -46,7 +48,8 @@ class WavHandle:
     recording_id: str
     path: Path
     rate: int
-    file: sf.SoundFile
+    file: BinaryIO
+    frames: int = 0
 
 
 @dataclass
@@ -58,35 +61,43 @@ class WavDirectorySink:
     def __post_init__(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def _open_file(self, path: Path, rate: int) -> sf.SoundFile:
-        return sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16", format="WAV")
+    @staticmethod
+    def _start(path: Path, rate: int) -> BinaryIO:
+        handle = open(path, "wb")  # noqa: SIM115 - stays open for the life of the call
+        handle.write(wav_header(rate, CHANNELS, 0))
+        return handle
 
     def open(self, call: Call, rate: int, started_at: float) -> WavHandle:
         path = self.out_dir / f"{call.recording_id}.wav.part"
-        return WavHandle(call.recording_id, path, rate, self._open_file(path, rate))
+        return WavHandle(call.recording_id, path, rate, self._start(path, rate))
 
     def write(self, handle: WavHandle, frames: np.ndarray) -> None:
-        handle.file.write(frames)
+        handle.file.write(frames.astype("<i2", copy=False).tobytes())
+        handle.frames += len(frames)
 
     def change_rate(self, handle: WavHandle, new_rate: int) -> None:
         """A wideband leg joined: rewrite what is on disk at the doubled rate, in chunks."""
         handle.file.close()
         upgraded = handle.path.with_name(handle.path.name + ".up")
-        with sf.SoundFile(handle.path, "r") as old, self._open_file(upgraded, new_rate) as new:
-            while True:
-                block = old.read(READ_CHUNK_FRAMES, dtype="int16")
-                if not len(block):
-                    break
-                new.write(np.stack([upsample_2x(block[:, 0]), upsample_2x(block[:, 1])], axis=1))
+        with open(handle.path, "rb") as old, open(upgraded, "wb") as new:
+            old.seek(WAV_HEADER_BYTES)
+            new.write(wav_header(new_rate, CHANNELS, 0))
+            while block := old.read(READ_CHUNK_FRAMES * 2 * CHANNELS):
+                pcm = np.frombuffer(block, "<i2").reshape(-1, CHANNELS)
+                up = np.stack([upsample_2x(pcm[:, 0]), upsample_2x(pcm[:, 1])], axis=1)
+                new.write(up.astype("<i2").tobytes())
         os.replace(upgraded, handle.path)
         handle.rate = new_rate
-        handle.file = sf.SoundFile(handle.path, "r+")
-        handle.file.seek(0, sf.SEEK_END)
+        handle.frames *= 2
+        handle.file = open(handle.path, "r+b")  # noqa: SIM115 - not "ab": the header is rewritten at close
+        handle.file.seek(0, os.SEEK_END)
 
     def close(self, handle: WavHandle, metadata: dict[str, Any]) -> None:
+        handle.file.seek(0)
+        handle.file.write(wav_header(handle.rate, CHANNELS, handle.frames))
+        handle.file.flush()
+        os.fsync(handle.file.fileno())
         handle.file.close()
-        with open(handle.path, "rb+") as fh:
-            os.fsync(fh.fileno())
         final = self.out_dir / f"{handle.recording_id}.wav"
         os.replace(handle.path, final)
         write_atomic(self.out_dir / f"{handle.recording_id}.json", json_bytes(metadata))

@@ -1,3 +1,5 @@
-from recorderd.cli import main
 import sys
+
+from recorderd.cli import main
+
 sys.exit(main())
