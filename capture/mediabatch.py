@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 from capture.codecs import (
     ALAW_TO_PCM16,
@@ -67,6 +66,30 @@ JITTER_GAIN = 1.0 / 16.0          # RFC 3550 §6.4.1
 
 
 PayloadOf = Callable[[int], bytes | None]
+IIR_BLOCK = 64
+
+
+def first_order_iir(x: np.ndarray, gain: float) -> np.ndarray:
+    """y[i] = (1 - gain) * y[i-1] + gain * x[i], y[-1] = 0, for the whole array at once.
+
+    Blocks of IIR_BLOCK samples are filtered by one matrix product (the filter's impulse
+    response as a lower-triangular Toeplitz matrix); each block then adds its predecessor's
+    last value, decayed, carried by a short loop over blocks. Exact up to rounding."""
+    n = len(x)
+    if not n:
+        return np.zeros(0)
+    decay = 1.0 - gain
+    k = np.arange(IIR_BLOCK)
+    response = np.where(k[None, :] >= k[:, None], gain * decay ** (k[None, :] - k[:, None]), 0.0)
+    blocks = np.zeros(-(-n // IIR_BLOCK) * IIR_BLOCK)
+    blocks[:n] = x
+    inner = blocks.reshape(-1, IIR_BLOCK) @ response
+    carry = np.empty(len(inner))
+    previous, block_decay = 0.0, decay ** IIR_BLOCK
+    for b, last in enumerate(inner[:, -1].tolist()):
+        carry[b] = previous
+        previous = block_decay * previous + last
+    return (inner + carry[:, None] * decay ** (k + 1)).reshape(-1)[:n]
 
 
 @dataclass(slots=True)
@@ -330,7 +353,7 @@ class MediaBatchProcessor:
         prev_state = np.array([s.jitter_transit if s.jitter_transit is not None else np.nan for s in streams])
         prev[firsts] = np.where(np.isnan(prev_state[has]), transit[firsts], prev_state[has])
         d = np.abs(transit - prev)
-        y = lfilter([JITTER_GAIN], [1.0, -(1 - JITTER_GAIN)], d)
+        y = first_order_iir(d, JITTER_GAIN)
         # correction: y_true = y + a^(k+1) * (J0 - y_before_start), k = index within the stream
         k = np.arange(len(idx)) - start_pos[s_of]
         y_before = np.zeros(count)
@@ -484,15 +507,27 @@ class MediaBatchProcessor:
 
 
 def _write_rows(work: list[StreamWork], sid: np.ndarray, positions_s: np.ndarray, block: np.ndarray) -> None:
-    """Write decoded G.711 rows (sorted by stream) at their places, stream by stream."""
-    cuts = np.flatnonzero(np.diff(sid)) + 1
-    for lo, hi in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [len(sid)])).tolist(),
-                      strict=True):
-        w = work[int(sid[lo])]
-        timeline = w.audio.timeline
-        rows = block[lo:hi]
-        if timeline.rate != 8000:
-            rows = upsample_2x(rows.reshape(-1)).reshape(hi - lo, -1)
-        pos = np.rint(positions_s[lo:hi] * timeline.rate).astype(np.int64)
-        timeline.write_block(w.stream.channel, pos, rows)
+    """Write decoded G.711 rows (sorted by stream, then arrival) at their places.
 
+    Runs of rows that sit back to back on one stream's timeline (the usual case) are found
+    for all streams at once and each is written as one contiguous copy."""
+    rates = np.array([w.audio.timeline.rate for w in work])[sid]
+    wide = rates != 8000
+    if wide.any():  # calls raised to 16 kHz: upsample their rows, stream by stream
+        for s in np.unique(sid[wide]).tolist():
+            mine = sid == s
+            timeline = work[s].audio.timeline
+            rows = upsample_2x(block[mine].reshape(-1)).reshape(int(mine.sum()), -1)
+            timeline.write_block(work[s].stream.channel, np.rint(positions_s[mine] * timeline.rate).astype(np.int64), rows)
+        keep = ~wide
+        sid, positions_s, block = sid[keep], positions_s[keep], block[keep]
+        if not len(sid):
+            return
+    width = block.shape[1]
+    pos = np.rint(positions_s * 8000).astype(np.int64)
+    breaks = np.flatnonzero((np.diff(pos) != width) | (np.diff(sid) != 0)) + 1
+    bounds = np.concatenate(([0], breaks, [len(sid)])).tolist()
+    starts, owners = pos[bounds[:-1]].tolist(), sid[bounds[:-1]].tolist()
+    for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        w = work[owners[n]]
+        w.audio.timeline.write_run(w.stream.channel, starts[n], block[lo:hi])

@@ -66,6 +66,17 @@ class CallTimeline:
                 self._scatter(channel, positions[lo:hi], block[lo:hi])
         self.end = max(self.end, top)
 
+    def write_run(self, channel: int, start: int, rows: np.ndarray) -> None:
+        """Write packets that follow each other without a gap, starting at sample `start`."""
+        top = start + rows.size
+        if start < self.base or not self._reserve(top):
+            width = rows.shape[1]
+            self.write_block(channel, start + width * np.arange(len(rows), dtype=np.int64), rows)
+            return
+        self.buf[channel, start - self.base:top - self.base] = rows.reshape(-1)
+        if top > self.end:
+            self.end = top
+
     def _scatter(self, channel: int, positions: np.ndarray, block: np.ndarray) -> None:
         index = positions[:, None] + np.arange(block.shape[1]) - self.base
         keep = index >= 0
@@ -87,11 +98,13 @@ class CallTimeline:
             return np.zeros((0, 2), np.int16)
         size = self.buf.shape[1]
         held = min(count, size)
-        out = np.zeros((count, 2), np.int16)
-        out[:held] = self.buf[:, :held].T
-        rest = size - held
-        self.buf[:, :rest] = self.buf[:, held:]
-        self.buf[:, rest:] = 0
+        out = np.empty((count, 2), np.int16)
+        out[:held, 0] = self.buf[0, :held]
+        out[:held, 1] = self.buf[1, :held]
+        out[held:] = 0
+        rest = min(size - held, max(self.end - self.base - held, 0))   # only what was written
+        self.buf[:, :rest] = self.buf[:, held:held + rest]
+        self.buf[:, rest:min(size, self.end - self.base)] = 0
         self.base += count
         return out
 

@@ -1,13 +1,17 @@
 """Plaintext WAV + JSON per call: the forensic output of `recorderd replay --out DIR`.
 
 Audio is streamed into DIR/<id>.wav.part as the engine hands it over (raw frames appended
-after a placeholder header, which is filled in at the end) and renamed into place,
-with its JSON, when the call is finished; a crash leaves only .part files, never a WAV that
-looks complete and is not. Writes go through a temp file, fsync and rename.
+after a placeholder header, which is filled in at the end). Finished recordings are made
+durable in groups: their WAV and JSON temp files are flushed to disk with one syncfs(2) for
+the group (an fsync per file where syncfs is missing), then renamed into place and the
+directory synced. A crash leaves only .part and .tmp files, never a WAV or JSON that looks
+complete and is not.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,17 +26,49 @@ from capture.wavfile import WAV_HEADER_BYTES, wav_header
 
 READ_CHUNK_FRAMES = 1 << 16
 CHANNELS = 2
+COMMIT_GROUP = 32          # finished recordings made durable together
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the target directory, fsync, rename, fsync the directory."""
+def _load_syncfs() -> object | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_files(directory: Path, paths: list[Path]) -> None:
+    """Make the data of `paths` durable: one syncfs on their filesystem, else fsync each."""
+    if _SYNCFS is not None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:  # type: ignore[operator]
+                return
+        finally:
+            os.close(fd)
+    for path in paths:
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Temp file in the target directory, fsync, rename, fsync the directory (or leave that
+    to the caller, who syncs the directory once for many files)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -57,6 +93,7 @@ class WavDirectorySink:
     out_dir: Path
     not_recorded_rows: list[dict[str, Any]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    pending: list[tuple[Path, Path]] = field(default_factory=list)   # (temp, final) not yet durable
 
     def __post_init__(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,13 +132,25 @@ class WavDirectorySink:
     def close(self, handle: WavHandle, metadata: dict[str, Any]) -> None:
         handle.file.seek(0)
         handle.file.write(wav_header(handle.rate, CHANNELS, handle.frames))
-        handle.file.flush()
-        os.fsync(handle.file.fileno())
         handle.file.close()
-        final = self.out_dir / f"{handle.recording_id}.wav"
-        os.replace(handle.path, final)
-        write_atomic(self.out_dir / f"{handle.recording_id}.json", json_bytes(metadata))
-        self.written.append(final)
+        meta_tmp = self.out_dir / f".{handle.recording_id}.json.tmp"
+        meta_tmp.write_bytes(json_bytes(metadata))
+        self.pending.append((handle.path, self.out_dir / f"{handle.recording_id}.wav"))
+        self.pending.append((meta_tmp, self.out_dir / f"{handle.recording_id}.json"))
+        if len(self.pending) >= 2 * COMMIT_GROUP:
+            self.commit()
+
+    def commit(self) -> None:
+        """Durable first, visible second: sync the group's data, then rename it into place."""
+        if not self.pending:
+            return
+        sync_files(self.out_dir, [tmp for tmp, _ in self.pending])
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+            if final.suffix == ".wav":
+                self.written.append(final)
+        self.pending.clear()
+        fsync_dir(self.out_dir)
 
     def discard(self, handle: WavHandle) -> None:
         handle.file.close()
@@ -111,4 +160,5 @@ class WavDirectorySink:
         self.not_recorded_rows.append(metadata)
 
     def finish(self) -> None:
+        self.commit()
         write_atomic(self.out_dir / "not-recorded.json", json_bytes(self.not_recorded_rows))
