@@ -24,7 +24,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(PY) -m recorderd.demo
+	$(PY) scripts/demo.py
 
 bench: setup
 	$(PY) bench/replay.py

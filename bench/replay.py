@@ -159,6 +159,31 @@ def _verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
 
 
+@dataclass(slots=True)
+class MemoryRuns:
+    """Replays that isolate per-call memory from the fixed working set of a batch."""
+
+    half: CaptureInfo          # half the calls at once, same length
+    half_run: ChildRun
+    long: CaptureInfo          # half the calls at once, twice as long
+    long_run: ChildRun
+
+
+def report_memory(info: CaptureInfo, rec: ChildRun, mem: MemoryRuns) -> None:
+    """Marginal memory per active call: the slope between two concurrency levels (the batch
+    buffers and interpreter are a fixed cost, not a per-call one), and flatness in call length."""
+    extra_calls = info.concurrency - mem.half.concurrency
+    slope = (rec.max_rss_kb - mem.half_run.max_rss_kb) / extra_calls if extra_calls else 0.0
+    fixed = mem.half_run.max_rss_kb - slope * mem.half.concurrency
+    print(f"memory     marginal per active call = {slope:,.1f} KB "
+          f"(peak {_mb(rec.max_rss_kb)} at {info.concurrency} calls vs {_mb(mem.half_run.max_rss_kb)} at "
+          f"{mem.half.concurrency}; target <= {RSS_PER_CALL_TARGET_KB} KB: "
+          f"{_verdict(slope <= RSS_PER_CALL_TARGET_KB)}); fixed working set {_mb(fixed)}")
+    print(f"           call length: {mem.half.concurrency} calls x {mem.half.seconds:g} s peak "
+          f"{_mb(mem.half_run.max_rss_kb)}, x {mem.long.seconds:g} s peak {_mb(mem.long_run.max_rss_kb)} "
+          f"(flat in call length: {_verdict(mem.long_run.max_rss_kb <= 1.05 * mem.half_run.max_rss_kb)})")
+
+
 def report(info: CaptureInfo, rec: ChildRun, base: ChildRun, ts: ChildRun, out_dir: Path) -> None:
     """Print the figures."""
     origin = "cached" if info.generated_in_s is None else f"generated in {info.generated_in_s:.1f} s"
@@ -197,6 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="regenerate the capture even if cached")
     p.add_argument("--keep", action="store_true", help="keep the replay output directory and print its path")
     p.add_argument("--recorderd", help="command to run instead of the recorderd entry point")
+    p.add_argument("--no-memory-runs", action="store_true",
+                   help="skip the two extra replays that measure marginal memory per call")
     return p.parse_args(argv)
 
 
@@ -217,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         ts = run_measured(["tshark", "-n", "-q", "-r", info.path, "-o", "rtp.heuristic_rtp:FALSE",
                            "-z", "rtp,streams"], capture_stdout=True)
         report(info, rec, base, ts, work / "out")
+        if not args.no_memory_runs:
+            half_calls = max(1, concurrency // 2)
+            half = ensure_capture(args.cache_dir, half_calls, args.seconds, half_calls, args.seed, args.fresh)
+            long = ensure_capture(args.cache_dir, half_calls, 2 * args.seconds, half_calls, args.seed, args.fresh)
+            print("recorderd replay (half the calls; twice as long) ...", file=sys.stderr)
+            mem = MemoryRuns(half, replay(recorderd, half.path, work / "half"),
+                             long, replay(recorderd, long.path, work / "long"))
+            report_memory(info, rec, mem)
     finally:
         if args.keep:
             print(f"output kept in {work}")
