@@ -222,9 +222,9 @@ class MediaBatchProcessor:
         errors: dict[str, int] = {}
         count = len(work)
         streams = [w.stream for w in work]
-        for s in streams:
-            if s.ring_row < 0:
-                s.ring_row = self.ring_row()
+        for stream in streams:
+            if stream.ring_row < 0:
+                stream.ring_row = self.ring_row()
         sid = batch.stream
         starts, first = _segment_starts(sid, count)
         known_seq = np.array([s.last_seq is not None for s in streams])
@@ -251,8 +251,8 @@ class MediaBatchProcessor:
         undecodable = fresh & ((kind == UNKNOWN) | (kind == UNDECODABLE))
         if undecodable.any():
             per_stream = np.bincount(sid[undecodable], minlength=count)
-            for s in np.flatnonzero(per_stream).tolist():
-                streams[s].undecodable += int(per_stream[s])
+            for k in np.flatnonzero(per_stream).tolist():
+                streams[k].undecodable += int(per_stream[k])
             unknown = int(np.count_nonzero(fresh & (kind == UNKNOWN)))
             if unknown:
                 errors["rtp.unknown_payload_type"] = unknown

@@ -43,7 +43,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
 }
 
 
-def _check(name: str, spec: Setting, value: Any) -> Any:
+def _check(name: str, spec: Setting, given: object) -> Any:
+    value: Any = given
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, spec.kind) or isinstance(value, bool) and spec.kind is not bool:
