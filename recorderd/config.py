@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from capture.dialogs import TrackerSettings
 from capture.engine import EngineSettings
@@ -51,9 +51,10 @@ def _check(name: str, spec: Setting, given: object) -> Any:
         raise ConfigError(f"{name}: expected {spec.kind.__name__}, got {type(value).__name__} {value!r}")
     if spec.kind is list and not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{name}: expected a list of non-empty strings, got {value!r}")
-    if spec.minimum is not None and value < spec.minimum:
+    number = cast(float, value)
+    if spec.minimum is not None and number < spec.minimum:
         raise ConfigError(f"{name}: {value} is below the minimum {spec.minimum}")
-    if spec.maximum is not None and value > spec.maximum:
+    if spec.maximum is not None and number > spec.maximum:
         raise ConfigError(f"{name}: {value} is above the maximum {spec.maximum}")
     return value
 
