@@ -49,7 +49,7 @@ def _check(name: str, spec: Setting, given: object) -> Any:
         value = float(value)
     if not isinstance(value, spec.kind) or isinstance(value, bool) and spec.kind is not bool:
         raise ConfigError(f"{name}: expected {spec.kind.__name__}, got {type(value).__name__} {value!r}")
-    if spec.kind is list and not all(isinstance(v, str) and v for v in value):
+    if spec.kind is list and not all(isinstance(v, str) and v for v in cast(list, value)):
         raise ConfigError(f"{name}: expected a list of non-empty strings, got {value!r}")
     number = cast(float, value)
     if spec.minimum is not None and number < spec.minimum:
