@@ -15,7 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from capture.errors import ParseError
+from capture.errors import ParseError, never_leaks
 
 MAX_SDP_BYTES = 256 * 1024
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -115,14 +115,10 @@ def parse_sdp(body: bytes) -> SessionDescription:
     """Parse an SDP body; raises ParseError("sdp.<reason>") on input that is not usable SDP."""
     if len(body) > MAX_SDP_BYTES:
         raise ParseError("sdp.too_large", f"{len(body)} bytes > {MAX_SDP_BYTES}")
-    try:
-        return _parse(body)
-    except ParseError:
-        raise
-    except (ValueError, IndexError, KeyError, UnicodeError) as exc:  # defensive: never leak these
-        raise ParseError("sdp.malformed", f"{type(exc).__name__}: {exc}") from exc
+    return _parse(body)
 
 
+@never_leaks("sdp.malformed")
 def _parse(body: bytes) -> SessionDescription:
     lines = _sdp_lines(body)
     if not lines or lines[0][0] != "v":

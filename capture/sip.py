@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from capture.errors import ParseError
+from capture.errors import ParseError, never_leaks
 
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_HEADERS = 512
@@ -164,12 +164,7 @@ def parse_sip(data: bytes) -> SipMessage:
         data = bytes(data)
     if len(data) > MAX_MESSAGE_BYTES:
         raise ParseError("sip.too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        return _parse(data)
-    except ParseError:
-        raise
-    except (ValueError, IndexError, KeyError, UnicodeError) as exc:  # defensive: never leak these
-        raise ParseError("sip.malformed", f"{type(exc).__name__}: {exc}") from exc
+    return _parse(data)
 
 
 def uri_user(uri: str) -> str:
@@ -199,6 +194,7 @@ def uri_user(uri: str) -> str:
 
 # --- message structure ------------------------------------------------------------------------
 
+@never_leaks("sip.malformed")
 def _parse(data: bytes) -> SipMessage:
     # §7.5: CRLFs before the start line are ignored (keep-alives, stream leftovers).
     head_bytes, body, _ = split_head_body(data.lstrip(b"\r\n"))
