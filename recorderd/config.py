@@ -40,7 +40,18 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "flush_chunk_s": Setting(float, 10.0, 0.1, 600.0),
         "extra_headers": Setting(list, ["X-Agent-ID"]),
     },
+    "storage": {
+        "vault_dir": Setting(str, "/var/lib/recorderd/vault"),
+        "catalog": Setting(str, "/var/lib/recorderd/catalog.db"),
+        "key_dir": Setting(str, "/etc/recorderd/keys"),
+        "agent_header": Setting(str, "X-Agent-ID"),
+    },
+    "audit": {
+        "checkpoint_every": Setting(int, 100, 1, 1_000_000),
+        "checkpoint_seconds": Setting(float, 300.0, 1.0, 86400.0),
+    },
 }
+PATH_SETTINGS = {("storage", "vault_dir"), ("storage", "catalog"), ("storage", "key_dir")}
 
 
 def _check(name: str, spec: Setting, given: object) -> Any:
@@ -49,6 +60,8 @@ def _check(name: str, spec: Setting, given: object) -> Any:
         value = float(value)
     if not isinstance(value, spec.kind) or isinstance(value, bool) and spec.kind is not bool:
         raise ConfigError(f"{name}: expected {spec.kind.__name__}, got {type(value).__name__} {value!r}")
+    if spec.kind is str and not value:
+        raise ConfigError(f"{name}: must not be empty")
     if spec.kind is list and not all(isinstance(v, str) and v for v in cast(list, value)):
         raise ConfigError(f"{name}: expected a list of non-empty strings, got {value!r}")
     number = cast(float, value)
@@ -80,13 +93,18 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def load(path: Path) -> dict[str, dict[str, Any]]:
+    """Read and validate a configuration file; relative paths in it are relative to the
+    file's own directory (so a self-contained layout from `recorderd init` can move)."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such configuration file") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    return validate(raw)
+    config = validate(raw)
+    for section, key in PATH_SETTINGS:
+        config[section][key] = str((path.resolve().parent / config[section][key]).resolve())
+    return config
 
 
 def engine_settings(config: dict[str, dict[str, Any]]) -> EngineSettings:

@@ -9,15 +9,22 @@ from pathlib import Path
 
 from capture.engine import EngineSettings
 from capture.wavsink import WavDirectorySink
+from recorderd.appliance import cli_actor
 from recorderd.commands.common import DEFAULT_CONFIG, EXIT_OK, EXIT_PROBLEM, UsageError
+from recorderd.commands.store import ROLE, appliance_from
 from recorderd.config import engine_settings, load
 from recorderd.replay import ReplaySummary, progress_stream, replay_files
+from storage.recordingsink import VaultSink
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     replay = sub.add_parser("replay", help="decode captures into one stereo WAV + JSON per call")
     replay.add_argument("files", nargs="+", type=Path, help="pcap or pcapng files, in time order")
-    replay.add_argument("--out", type=Path, required=True, help="directory for <recording-id>.wav/.json")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="directory for plaintext <recording-id>.wav/.json")
+    target.add_argument("--store", action="store_true",
+                        help="into the vault and catalog of the configured appliance, as the daemon would")
+    replay.add_argument("--tag", action="append", default=[], help="with --store: tag every recording (repeatable)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(run=cmd_replay)
 
@@ -55,8 +62,23 @@ def print_summary(summary: ReplaySummary, as_json: bool, where: str) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     check_captures(args.files)
+    if args.store:
+        return replay_into_store(args)
+    if args.tag:
+        raise UsageError("replay: --tag goes with --store")
     settings = replay_settings(args)
     sink = WavDirectorySink(args.out)
     summary = replay_files(list(args.files), sink, settings, progress=progress_stream())
     sink.finish()
     return print_summary(summary, args.json, f"see {args.out / 'not-recorded.json'}")
+
+
+def replay_into_store(args: argparse.Namespace) -> int:
+    """Encrypted into the vault and catalogued, with an audit entry for the import."""
+    with appliance_from(args) as app:
+        sink = VaultSink(app.vault_dir, app.keys, app.catalog, app.audit, actor=cli_actor(), tags=list(args.tag))
+        summary = replay_files(list(args.files), sink, engine_settings(app.config), progress=progress_stream())
+        app.audit.append(cli_actor(), ROLE, "import_captures", ",".join(str(f) for f in args.files), "ok",
+                         detail={"recordings": summary.recordings, "not_recorded": summary.not_recorded,
+                                 "tags": list(args.tag)})
+    return print_summary(summary, args.json, "see `recorderd search`")
