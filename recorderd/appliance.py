@@ -3,12 +3,15 @@
 Opening checks what must hold before anything is recorded or read: the key directory is
 root-only (storage.keys refuses otherwise), the catalog opens (migrations applied), and
 recordings a crash left active are recovered as partial. A catalog on an unencrypted volume
-gets a warning on stderr (it holds metadata in the clear).
+gets a warning on stderr (it holds metadata in the clear). A recorder (recover=True) also
+takes the vault's writer lock first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +35,13 @@ class Appliance:
     audit: AuditLog
     vault_dir: Path
     recovered: list[Recovered] = field(default_factory=list)
+    writer_lock: int | None = None
 
     def close(self) -> None:
         self.catalog.close()
+        if self.writer_lock is not None:
+            os.close(self.writer_lock)   # releases the flock
+            self.writer_lock = None
 
     def __enter__(self) -> Appliance:
         return self
@@ -72,8 +79,29 @@ def open_appliance(config: dict[str, dict[str, Any]], *, recover: bool = True,
             print(f"recorderd: warning: {warning}", file=warnings)
     appliance = Appliance(config, keys, catalog, audit, vault_dir)
     if recover:
+        try:
+            appliance.writer_lock = take_writer_lock(vault_dir)
+        except ApplianceError:
+            catalog.close()
+            raise
         appliance.recovered = recover_crashed(catalog, keys, vault_dir, audit)
     return appliance
+
+
+def take_writer_lock(vault_dir: Path) -> int:
+    """One recorder writes a vault at a time (the daemon, or replay --store): only the holder
+    may treat `active` rows as left over by a crash and recover them."""
+    path = vault_dir / ".writer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ApplianceError(f"storage.vault_dir: another recorder (pid {holder}) is writing to {vault_dir}") from err
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def signature_checker(keys: KeyStore) -> Any:

@@ -61,7 +61,10 @@ def recover_crashed(catalog: Catalog, keys: KeyStore, vault_dir: Path,
         key_row = wrapped[row.recording_id]
         detail = stored[row.recording_id]
         identity = detail.metadata if detail is not None else {}
-        result = _recover_one(catalog, keys, vault_dir, row, key_row, identity)
+        try:
+            result = _recover_one(catalog, keys, vault_dir, row, key_row, identity)
+        except OSError as err:   # e.g. the disk is still full: the row stays active, retried next start
+            result = Recovered(row.recording_id, 0.0, None, f"not recovered yet: {err}")
         results.append(result)
         if audit is not None:
             audit.append("recorderd", "system", "recover", row.recording_id, "ok", reason=result.note)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -77,7 +78,17 @@ def replay_into_store(args: argparse.Namespace) -> int:
     """Encrypted into the vault and catalogued, with an audit entry for the import."""
     with appliance_from(args) as app:
         sink = VaultSink(app.vault_dir, app.keys, app.catalog, app.audit, actor=cli_actor(), tags=list(args.tag))
-        summary = replay_files(list(args.files), sink, engine_settings(app.config), progress=progress_stream())
+        try:
+            summary = replay_files(list(args.files), sink, engine_settings(app.config), progress=progress_stream())
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            app.audit.append(cli_actor(), ROLE, "import_captures", ",".join(str(f) for f in args.files),
+                             "disk_full", reason=str(err))
+            print(f"recorderd: replay --store: disk full ({err.filename or app.vault_dir}): "
+                  f"{len(sink.recorded)} recording(s) committed and intact; the calls being written are "
+                  f"recovered as partial at the next start", file=sys.stderr)
+            return EXIT_PROBLEM
         app.audit.append(cli_actor(), ROLE, "import_captures", ",".join(str(f) for f in args.files), "ok",
                          detail={"recordings": summary.recordings, "not_recorded": summary.not_recorded,
                                  "tags": list(args.tag)})

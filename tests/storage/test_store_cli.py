@@ -264,3 +264,66 @@ def test_key_rotation_rewraps_everything_and_resumes(appliance: Path, tmp_path: 
     assert len(status["keks"]) == 2
     assert all(k["data_keys"] == 0 for k in status["keks"] if not k["active"])
     assert run(config, "verify") == 0
+
+
+def test_public_key_and_escrow(appliance: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from storage.keys import KeyStore
+
+    config = fresh_copy(appliance, tmp_path)
+    capsys.readouterr()
+    assert run(config, "keys", "public") == 0
+    assert capsys.readouterr().out.startswith("-----BEGIN PUBLIC KEY-----")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert run(config, "keys", "export-escrow", "--out", str(tmp_path / "escrow.json")) == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery staple\n"))
+    assert run(config, "keys", "export-escrow", "--out", str(tmp_path / "escrow.json")) == 0
+    keks = KeyStore.import_escrow((tmp_path / "escrow.json").read_bytes(), "correct horse battery staple")
+    assert set(keks) == {p.name[4:-4] for p in (config.parent / "keys").glob("kek-*.key")}
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_committed(tmp_path: Path, generated: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    import subprocess
+
+    assert main(["init", str(tmp_path / "box")]) == 0
+    config = tmp_path / "box" / "recorderd.toml"
+    vault = tmp_path / "box" / "vault"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k,mode=0700", "tmpfs", str(vault)], check=True)
+    try:
+        capsys.readouterr()
+        assert run(config, "replay", str(generated), "--store") == 1
+        said = capsys.readouterr().err
+        assert "disk full" in said and "committed and intact" in said
+        # the next start of a recorder recovers what was being written; then everything verifies
+        from recorderd.appliance import open_appliance
+        from recorderd.config import load
+
+        with open_appliance(load(config), warnings=None) as app:      # still full: nothing breaks
+            assert all(r.note.startswith("not recovered yet") for r in app.recovered)
+        subprocess.run(["mount", "-o", "remount,size=20m", str(vault)], check=True)   # space freed
+        with open_appliance(load(config), warnings=None) as app:
+            assert app.recovered and all("recorder crash" in r.note for r in app.recovered)
+        listing = run_json(config, capsys, "search", "--limit", "100")
+        assert listing["total"] >= 1
+        assert {r["state"] for r in listing["rows"]} <= {"complete", "partial"}
+        assert run(config, "verify") == 0
+    finally:
+        subprocess.run(["umount", str(vault)], check=False)
+
+
+def test_one_recorder_writes_a_vault_at_a_time(tmp_path: Path) -> None:
+    from recorderd.appliance import ApplianceError, open_appliance
+    from recorderd.config import load
+
+    assert main(["init", str(tmp_path / "box")]) == 0
+    config = load(tmp_path / "box" / "recorderd.toml")
+    with open_appliance(config, warnings=None):
+        with pytest.raises(ApplianceError, match="another recorder"):
+            open_appliance(config, warnings=None)
+        with open_appliance(config, recover=False, warnings=None):   # readers are welcome
+            pass
+    with open_appliance(config, warnings=None):                       # released on close
+        pass
