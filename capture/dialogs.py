@@ -58,6 +58,7 @@ class Call:
     codecs: dict[int, CodecSpec] = field(default_factory=dict)     # every PT mapping seen
     sdp_events: list[SdpEvent] = field(default_factory=list)
     media_kinds: set[str] = field(default_factory=set)
+    media_addresses: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # (side, m-index)
 
     @property
     def caller(self) -> str:
@@ -198,7 +199,7 @@ class DialogTracker:
 
     def _claim_media(self, call: Call, session: SessionDescription, author: int) -> None:
         keys: list[Crypto] = []
-        for media in session.media:
+        for index, media in enumerate(session.media):
             call.media_kinds.add(media.kind)
             codecs = codecs_of(media)
             call.codecs.update(codecs)
@@ -216,6 +217,13 @@ class DialogTracker:
                 continue  # rejected stream, or hold by the RFC 2543 c=0.0.0.0 convention
             self.expectations.claim(address, media.port, call_key=call.key, author_channel=author,
                                     kind=media.kind, codecs=codecs, secure=secure)
+            mine = (address, media.port)
+            call.media_addresses[(author, index)] = mine
+            theirs = call.media_addresses.get((1 - author, index))
+            if theirs is not None:   # RFC 3264 §6: m-lines of offer and answer pair up by position
+                for sender, src, dst in ((author, mine, theirs), (1 - author, theirs, mine)):
+                    self.expectations.claim_pair(src, dst, call_key=call.key, channel=sender,
+                                                 kind=media.kind, codecs=codecs, secure=secure)
         if keys:
             call.crypto[author] = keys
 

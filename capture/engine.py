@@ -97,6 +97,9 @@ class CaptureEngine:
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.now = 0.0
+        self.paused_reason: str | None = None     # set: new calls are not recorded (e.g. disk_full)
+        self.refused: dict[str, str] = {}         # call key -> why its audio is not recorded
+        self.closed_early: set[str] = set()       # calls whose recording pause() closed
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -188,6 +191,10 @@ class CaptureEngine:
         first_arrival: dict[str, float] = {}
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             claim = claims[int(ident[a])]
+            if claim.call_key in self.refused or (self.paused_reason and claim.call_key not in self.media):
+                self.refused.setdefault(claim.call_key, self.paused_reason or "refused")
+                self.counters["rtp_not_recorded"] += b - a
+                continue
             if claim.kind != "audio":
                 self.counters["rtp_non_audio"] += b - a
                 self.video_seen.add(claim.call_key)
@@ -298,6 +305,28 @@ class CaptureEngine:
             media.flush(min(t.sample_at(self.now - window), t.end), int(self.settings.flush_chunk_s * t.rate))
         self.tcp.expire(self.now)
 
+    def tick(self, now: float) -> None:
+        """Advance capture time without packets (a live capture that is idle): calls time out
+        and audio older than the jitter window is written."""
+        if now > self.now:
+            self.now = now
+            self._housekeeping()
+
+    def pause(self, reason: str) -> None:
+        """Stop recording (e.g. the disk is under its floor): active recordings are closed
+        cleanly now, marked partial; new calls are catalogued as not recorded with `reason`."""
+        self.paused_reason = reason
+        for key in list(self.media):
+            call = self.tracker.calls.get(key)
+            if call is None:
+                continue
+            self.refused[key] = reason
+            self._close_media(call, self.media.pop(key), partial_reason=reason)
+
+    def resume(self) -> None:
+        """Record new calls again (calls refused meanwhile stay unrecorded to their end)."""
+        self.paused_reason = None
+
     def finish(self) -> None:
         """End of input: every open call ends now and is written out."""
         for call in self.tracker.close_all():
@@ -306,10 +335,17 @@ class CaptureEngine:
     def _finish_call(self, call: Call) -> None:
         media = self.media.pop(call.key, None)
         self.counters["calls"] += 1
+        refused = self.refused.pop(call.key, None)
         if media is None:
-            reason = "video_only" if call.key in self.video_seen else "no_media"
+            if refused and call.key in self.closed_early:
+                self.closed_early.discard(call.key)
+                return   # its recording was closed when recording paused
+            reason = refused or ("video_only" if call.key in self.video_seen else "no_media")
             self._not_recorded(call, reason)
             return
+        self._close_media(call, media)
+
+    def _close_media(self, call: Call, media: CallMedia, partial_reason: str | None = None) -> None:
         t = media.timeline
         media.flush(max(t.end, t.base), int(self.settings.flush_chunk_s * t.rate))
         streams = list(media.streams.values())
@@ -324,6 +360,10 @@ class CaptureEngine:
         metadata = recording_metadata(
             call, streams, started_at=t.t0, frames=media.frames, rate=t.rate,
             late_samples=t.late_samples, encrypted=media.encrypted, decodable=not media.undecryptable)
+        if partial_reason:
+            metadata["partial"] = True
+            metadata["partial_reason"] = partial_reason
+            self.closed_early.add(call.key)
         self.sink.close(media.handle, metadata)
         self.counters["recordings"] += 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,11 @@ class ExpectationTable:
     """The current claims, searchable one packet at a time or a whole array at once."""
 
     addresses: AddressBook = field(default_factory=AddressBook)
+    _by_pair: dict[tuple[int, int], MediaExpectation] = field(default_factory=dict)
+    _pair_calls: dict[tuple[int, int], set[str]] = field(default_factory=dict)   # every active claimant
     _by_dst: dict[int, MediaExpectation] = field(default_factory=dict)
     _by_src: dict[int, MediaExpectation] = field(default_factory=dict)
-    _sorted: tuple | None = None
+    _sorted: dict[str, Any] | None = None
     _next_ident: int = 0
 
     def claim(self, ip: str, port: int, *, call_key: str, author_channel: int, kind: str,
@@ -82,6 +85,20 @@ class ExpectationTable:
         from_author = self._new(call_key, author_channel, kind, codecs, secure, via_source=True)
         self._replace(self._by_dst, key, to_author)
         self._replace(self._by_src, key, from_author)
+        self._sorted = None
+
+    def claim_pair(self, src: tuple[str, int], dst: tuple[str, int], *, call_key: str, channel: int,
+                   kind: str, codecs: dict[int, CodecSpec], secure: bool) -> None:
+        """Both ends known (offer and answer): packets from `src` to `dst` carry `channel`'s voice.
+        Checked before the one-sided claims, so calls that share one media address on one side
+        (a media server answering every call on the same port) still come apart."""
+        key = (endpoint_key(self.addresses.key(src[0]), src[1]), endpoint_key(self.addresses.key(dst[0]), dst[1]))
+        claim = self._new(call_key, channel, kind, codecs, secure, via_source=False)
+        old = self._by_pair.get(key)
+        if old is not None:
+            old.released = True
+        self._by_pair[key] = claim
+        self._pair_calls.setdefault(key, set()).add(call_key)
         self._sorted = None
 
     def _new(self, call_key: str, channel: int, kind: str, codecs: dict[int, CodecSpec],
@@ -98,6 +115,12 @@ class ExpectationTable:
 
     def release_call(self, call_key: str) -> None:
         """Forget every claim of a call that ended, so its ports are free for later calls."""
+        for pair in [k for k, e in self._by_pair.items() if e.call_key == call_key]:
+            self._by_pair.pop(pair).released = True
+        for pair, calls in list(self._pair_calls.items()):
+            calls.discard(call_key)
+            if not calls:
+                del self._pair_calls[pair]
         for table in (self._by_dst, self._by_src):
             for key in [k for k, e in table.items() if e.call_key == call_key]:
                 table.pop(key).released = True
@@ -105,36 +128,80 @@ class ExpectationTable:
 
     def lookup(self, src_ip: str, sport: int, dst_ip: str, dport: int) -> MediaExpectation | None:
         dst_key = endpoint_key(self.addresses.key(dst_ip), dport)
-        found = self._by_dst.get(dst_key)
-        if found is None:
-            found = self._by_src.get(endpoint_key(self.addresses.key(src_ip), sport))
-        return found
+        src_key = endpoint_key(self.addresses.key(src_ip), sport)
+        return self._choose(src_key, dst_key, self._by_pair.get((src_key, dst_key)),
+                            self._by_dst.get(dst_key)) or self._by_src.get(src_key)
+
+    def _choose(self, src_key: int, dst_key: int, pair: MediaExpectation | None,
+                dst: MediaExpectation | None) -> MediaExpectation | None:
+        """The destination claim (the latest SDP that advertised this receive address, as
+        tshark attributes streams) wins, unless its call expects packets there from another
+        source while the (source, destination) pair belongs to another call: calls sharing one
+        media address on one side (a media server answering all calls on one port)."""
+        if dst is None or pair is None or pair.call_key == dst.call_key:
+            return dst or pair
+        return dst if dst.call_key in self._pair_calls.get((src_key, dst_key), ()) else pair
 
     def lookup_keys(self, src_keys: np.ndarray, dst_keys: np.ndarray) -> tuple[np.ndarray, list[MediaExpectation]]:
         """Vectorised lookup: index into the returned list per packet, -1 where nothing matches.
 
-        Destination claims are tried first; packets left unmatched try the source claims.
-        """
-        (dst_sorted, dst_index), (src_sorted, src_index), table = self._sorted_view()
-        result = np.full(len(dst_keys), -1, np.int64)
-        for keys, index, wanted in ((dst_sorted, dst_index, dst_keys), (src_sorted, src_index, src_keys)):
-            open_ = result < 0
-            if not len(keys) or not open_.any():
-                continue
-            pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-            hit = open_ & (keys[pos] == wanted)
+        Destination claims, with (source, destination) pair claims deciding contested
+        destinations (see `_choose`), then source claims (symmetric RTP)."""
+        view = self._sorted_view()
+        table = view["table"]
+        pair_hit = np.full(len(dst_keys), -1, np.int64)
+        pair_hash, pair_src, pair_dst, pair_index = view["pairs"]
+        if len(pair_hash) and len(dst_keys):
+            wanted = _pair_hash(src_keys, dst_keys)
+            pos = np.minimum(np.searchsorted(pair_hash, wanted), len(pair_hash) - 1)
+            hit = (pair_hash[pos] == wanted) & (pair_src[pos] == src_keys) & (pair_dst[pos] == dst_keys)
+            pair_hit[hit] = pair_index[pos[hit]]
+        dst_hit = np.full(len(dst_keys), -1, np.int64)
+        keys, index = view["dst"]
+        if len(keys) and len(dst_keys):
+            pos = np.minimum(np.searchsorted(keys, dst_keys), len(keys) - 1)
+            hit = keys[pos] == dst_keys
+            dst_hit[hit] = index[pos[hit]]
+        result = np.where(dst_hit >= 0, dst_hit, pair_hit)
+        both = np.flatnonzero((dst_hit >= 0) & (pair_hit >= 0) & (dst_hit != pair_hit))
+        if len(both):   # the rare contested case: decide once per distinct (pair, destination claim)
+            combos, inverse = np.unique(np.stack([pair_hit[both], dst_hit[both]]), axis=1, return_inverse=True)
+            chosen = np.array([table.index(self._choose(int(src_keys[both[np.argmax(inverse == j)]]),
+                                                        int(dst_keys[both[np.argmax(inverse == j)]]),
+                                                        table[p], table[d]))
+                               for j, (p, d) in enumerate(combos.T.tolist())], np.int64)
+            result[both] = chosen[inverse.reshape(-1)]
+        keys, index = view["src"]
+        open_ = result < 0
+        if len(keys) and open_.any():
+            pos = np.minimum(np.searchsorted(keys, src_keys), len(keys) - 1)
+            hit = open_ & (keys[pos] == src_keys)
             result[hit] = index[pos[hit]]
         return result, table
 
-    def _sorted_view(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[MediaExpectation]]:
+    def _sorted_view(self) -> dict[str, Any]:
         if self._sorted is None:
             table: list[MediaExpectation] = []
-            views = []
-            for source in (self._by_dst, self._by_src):
+            view: dict[str, Any] = {"table": table}
+            for name, source in (("dst", self._by_dst), ("src", self._by_src)):
                 keys = np.array(list(source), np.int64)
                 index = np.arange(len(table), len(table) + len(keys), dtype=np.int64)
                 table.extend(source.values())
                 order = np.argsort(keys, kind="stable")
-                views.append((keys[order], index[order]))
-            self._sorted = (views[0], views[1], table)
+                view[name] = (keys[order], index[order])
+            pairs = list(self._by_pair)
+            src = np.array([p[0] for p in pairs], np.int64)
+            dst = np.array([p[1] for p in pairs], np.int64)
+            index = np.arange(len(table), len(table) + len(pairs), dtype=np.int64)
+            table.extend(self._by_pair.values())
+            hashes = _pair_hash(src, dst)
+            order = np.argsort(hashes, kind="stable")
+            view["pairs"] = (hashes[order], src[order], dst[order], index[order])
+            self._sorted = view
         return self._sorted
+
+
+def _pair_hash(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """One int64 per (source, destination) pair for searchsorted; equality is re-checked on
+    both keys, so collisions cost nothing but a miss-then-fallback."""
+    return (src * 0x9E3779B1) ^ dst

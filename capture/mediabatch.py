@@ -248,6 +248,7 @@ class MediaBatchProcessor:
             if not stream.first_arrival:
                 stream.first_arrival = float(batch.arrival[starts[s]])
         self._payload_type_counts(streams, sid, batch.payload_type)
+        self._extend_ends(work, streams, sid, fresh, positions, starts)
         undecodable = fresh & ((kind == UNKNOWN) | (kind == UNDECODABLE))
         if undecodable.any():
             per_stream = np.bincount(sid[undecodable], minlength=count)
@@ -407,6 +408,18 @@ class MediaBatchProcessor:
         for n in last.tolist():
             stream = streams[int(s_of[n])]
             stream.max_seq, stream.max_ts = int(seq[n]), int(ts[n])
+
+    @staticmethod
+    def _extend_ends(work: list[StreamWork], streams: list[MediaStream], sid: np.ndarray, fresh: np.ndarray,
+                     positions: np.ndarray, starts: np.ndarray) -> None:
+        """Every fresh packet, audio or not, lasts on the timeline to its place + one packet
+        interval; so a recording ends with its last media packet whatever the batch sizes."""
+        latest = np.maximum.reduceat(np.where(fresh, positions, -np.inf), starts)
+        for s, stream in enumerate(streams):
+            if np.isfinite(latest[s]) and stream.clock:
+                tail = (stream.frame_ticks or stream.clock // 50) / stream.clock
+                timeline = work[s].audio.timeline
+                timeline.extend_end(int(round((float(latest[s]) + tail) * timeline.rate)))
 
     @staticmethod
     def _payload_type_counts(streams: list[MediaStream], sid: np.ndarray, pt: np.ndarray) -> None:

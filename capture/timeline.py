@@ -66,6 +66,11 @@ class CallTimeline:
                 self._scatter(channel, positions[lo:hi], block[lo:hi])
         self.end = max(self.end, top)
 
+    def extend_end(self, sample: int) -> None:
+        """Media that is not audio (RFC 4733 events, comfort noise) still lasts until here."""
+        if sample > self.end and self._reserve(sample):
+            self.end = sample
+
     def write_run(self, channel: int, start: int, rows: np.ndarray) -> None:
         """Write packets that follow each other without a gap, starting at sample `start`."""
         top = start + rows.size

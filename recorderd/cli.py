@@ -7,11 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from recorderd.commands import keys, replay, store
+from recorderd.commands import keys, replay, run, store
 from recorderd.commands.common import DEFAULT_CONFIG, EXIT_USAGE, UsageError
 from recorderd.config import ConfigError
 
-COMMAND_MODULES = [replay, store, keys]
+COMMAND_MODULES = [replay, store, keys, run]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,6 +77,7 @@ class VaultSink:
     actor: str = "recorderd"
     tags: list[str] = field(default_factory=list)
     recorded: list[str] = field(default_factory=list)
+    open_handles: dict[str, VaultHandle] = field(default_factory=dict)
 
     def open(self, call: Call, rate: int, started_at: float) -> VaultHandle:
         key, key_id = new_data_key()
@@ -86,7 +87,9 @@ class VaultSink:
         self.catalog.begin_recording(call.recording_id, call.call_id, started_at, call_identity(call),
                                      kek_id=kek_id, wrapped_key=wrapped, key_id=key_id.hex())
         writer = VaultWriter(path, key, key_id, call.recording_id, rate, CHANNELS)
-        return VaultHandle(call, key, key_id, kek_id, wrapped, rate, path, writer)
+        handle = VaultHandle(call, key, key_id, kek_id, wrapped, rate, path, writer)
+        self.open_handles[call.recording_id] = handle
+        return handle
 
     def write(self, handle: VaultHandle, frames: np.ndarray) -> None:
         handle.writer.append(pcm_bytes(frames))
@@ -107,10 +110,14 @@ class VaultSink:
         handle.writer, handle.rate = writer, new_rate
 
     def close(self, handle: VaultHandle, metadata: dict[str, Any]) -> None:
+        self.open_handles.pop(handle.call.recording_id, None)
         info = handle.writer.close()
         vault = {"path": stored_path(self.vault_dir, info.path), "size": info.size, "sha256": info.sha256}
         rid = handle.call.recording_id
-        self.catalog.finish_recording(rid, metadata, vault, handle.key_id.hex(), handle.kek_id, handle.wrapped)
+        partial = metadata.get("partial_reason")
+        self.catalog.finish_recording(rid, metadata, vault, handle.key_id.hex(), handle.kek_id, handle.wrapped,
+                                      state="partial" if partial else "complete",
+                                      partial_note=f"recording stopped early: {partial}" if partial else None)
         for tag in self.tags:
             self.catalog.add_tag(rid, tag)
         if self.audit is not None:
@@ -118,7 +125,15 @@ class VaultSink:
                               detail={"call_id": handle.call.call_id, "duration_s": metadata.get("duration_s")})
         self.recorded.append(rid)
 
+    def detach_all(self) -> None:
+        """After a failure (disk full): close every open vault file, leaving the .part files
+        and active rows for recovery at the next start."""
+        for handle in self.open_handles.values():
+            handle.writer.detach()
+        self.open_handles.clear()
+
     def discard(self, handle: VaultHandle) -> None:
+        self.open_handles.pop(handle.call.recording_id, None)
         handle.writer.abort()
         self.catalog.abandon_recording(handle.call.recording_id)
 

@@ -571,6 +571,12 @@ class VaultWriter:
                                self._sha.hexdigest(), self.header.partial)
         return self._info
 
+    def detach(self) -> None:
+        """Stop writing but keep the .part for crash recovery (e.g. the disk filled up)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def abort(self) -> None:
         """Drop the recording: close and delete the .part (no-op once closed)."""
         if self._fd is not None:

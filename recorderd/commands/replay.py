@@ -81,6 +81,7 @@ def replay_into_store(args: argparse.Namespace) -> int:
         try:
             summary = replay_files(list(args.files), sink, engine_settings(app.config), progress=progress_stream())
         except OSError as err:
+            sink.detach_all()
             if err.errno != errno.ENOSPC:
                 raise
             app.audit.append(cli_actor(), ROLE, "import_captures", ",".join(str(f) for f in args.files),

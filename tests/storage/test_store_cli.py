@@ -311,7 +311,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_what_was_committed(tmp_path: Pat
         assert {r["state"] for r in listing["rows"]} <= {"complete", "partial"}
         assert run(config, "verify") == 0
     finally:
-        subprocess.run(["umount", str(vault)], check=False)
+        subprocess.run(["umount", "-l", str(vault)], check=False)
 
 
 def test_one_recorder_writes_a_vault_at_a_time(tmp_path: Path) -> None:

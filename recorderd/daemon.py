@@ -1,0 +1,260 @@
+"""`recorderd run`: the appliance recording live from the mirror port.
+
+Threads:
+- one capture thread per interface: TPACKET_V3 blocks → a bounded queue. It does nothing
+  else, so the kernel ring is drained at once (decoding, encryption and disk writes happen
+  in the engine thread);
+- the engine thread: batches → CaptureEngine → VaultSink (vault + catalog); with no packets
+  it advances on the wall clock (timeouts, flushes); it also watches the disk floor;
+- the watchdog thread: WATCHDOG=1 only while every stage's heartbeat is fresh;
+- the metrics server (localhost).
+SIGTERM finishes every open call and stops within the stop timeout; SIGHUP reloads the log
+level and the disk thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capture.afpacket import LiveCapture, RingSettings
+from capture.bpf import DEFAULT_FILTER, compile_filter
+from capture.engine import CaptureEngine
+from capture.pcapio import FrameBatch
+from recorderd.appliance import Appliance, open_appliance
+from recorderd.config import engine_settings, load
+from recorderd.logsetup import configure_logging
+from recorderd.metrics import Metric, MetricsServer
+from recorderd.sdnotify import Heartbeats, Notifier, WatchdogThread
+from storage.recordingsink import VaultSink
+
+log = logging.getLogger("recorderd.daemon")
+MIB = 1 << 20
+QUEUE_POLL_S = 0.05
+
+
+@dataclass
+class DiskGuard:
+    """Recording pauses under min_free and resumes above resume_free (hysteresis)."""
+
+    path: Path
+    min_free: int
+    resume_free: int
+    paused: bool = False
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def check(self, engine: CaptureEngine) -> None:
+        free = self.free_bytes()
+        if not self.paused and free < self.min_free:
+            self.paused = True
+            engine.pause("disk_full")
+            log.error("disk free %d MiB under the floor of %d MiB: recording paused, active calls closed",
+                      free // MIB, self.min_free // MIB)
+        elif self.paused and free >= self.resume_free:
+            self.paused = False
+            engine.resume()
+            log.warning("disk free %d MiB again: recording resumed", free // MIB)
+
+
+@dataclass
+class LiveStats:
+    packets: Counter[str] = field(default_factory=Counter)   # per interface, from the kernel
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+class Daemon:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config = load(config_path)
+        self.stop_event = threading.Event()
+        self.queue: queue.Queue[FrameBatch] = queue.Queue(maxsize=self.config["daemon"]["queue_batches"])
+        self.notifier = Notifier()
+        self.captures: list[LiveCapture] = []
+        self.threads: list[threading.Thread] = []
+        self.live = LiveStats()
+        self.appliance: Appliance | None = None
+        self.engine: CaptureEngine | None = None
+        self.disk: DiskGuard | None = None
+        self.metrics: MetricsServer | None = None
+        self.heartbeats: Heartbeats | None = None
+        self.watchdog: WatchdogThread | None = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        daemon_cfg, capture_cfg = self.config["daemon"], self.config["capture"]
+        configure_logging(daemon_cfg["log_level"])
+        self.appliance = open_appliance(self.config)
+        for rec in self.appliance.recovered:
+            log.warning("recovered %s: %s", rec.recording_id, rec.note)
+        sink = VaultSink(self.appliance.vault_dir, self.appliance.keys, self.appliance.catalog,
+                         self.appliance.audit, actor="recorderd")
+        self.engine = CaptureEngine(sink, engine_settings(self.config))
+        self.disk = DiskGuard(self.appliance.vault_dir, daemon_cfg["min_free_mb"] * MIB,
+                              daemon_cfg["resume_free_mb"] * MIB)
+        expression = DEFAULT_FILTER if capture_cfg["bpf_filter"] == "default" else capture_cfg["bpf_filter"]
+        program = compile_filter(expression)
+        ring = RingSettings(block_size=capture_cfg["ring_block_kib"] * 1024, block_count=capture_cfg["ring_blocks"])
+        for interface in capture_cfg["interfaces"]:
+            self.captures.append(LiveCapture(interface, bpf=program, promiscuous=capture_cfg["promiscuous"],
+                                             ring=ring))
+        stages = [f"capture:{c}" for c in capture_cfg["interfaces"]] + ["engine"]
+        self.heartbeats = Heartbeats(stages, daemon_cfg["stage_max_age_s"])
+        for name, capture in zip(capture_cfg["interfaces"], self.captures, strict=True):
+            self._spawn(f"capture-{name}", self._capture_loop, name, capture)
+        self._spawn("engine", self._engine_loop)
+        self._start_metrics(daemon_cfg["metrics_listen"])
+        interval = self.notifier.watchdog_interval_s
+        if interval:
+            self.watchdog = WatchdogThread(self.notifier, self.heartbeats, interval, self.status_line)
+            self.watchdog.start()
+        self.appliance.audit.append("recorderd", "system", "start", ",".join(capture_cfg["interfaces"]), "ok")
+        self.notifier.ready(self.status_line())
+        log.info("recording on %s", ", ".join(capture_cfg["interfaces"]))
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _start_metrics(self, listen: str) -> None:
+        if listen == "off":
+            return
+        host, _, port = listen.rpartition(":")
+        self.metrics = MetricsServer(host or "127.0.0.1", int(port), self.collect_metrics)
+        self.metrics.start()
+
+    # -- the loops -----------------------------------------------------------------------------
+
+    def _capture_loop(self, name: str, capture: LiveCapture) -> None:
+        assert self.heartbeats is not None
+        stage = f"capture:{name}"
+        for batch in capture.batches(timeout_s=QUEUE_POLL_S):
+            self.heartbeats.beat(stage)
+            if len(batch):
+                self.queue.put(batch)   # bounded: if the engine falls behind, the ring absorbs it
+            if self.stop_event.is_set():
+                break
+
+    def _engine_loop(self) -> None:
+        assert self.engine is not None and self.heartbeats is not None and self.disk is not None
+        idle_tick = self.config["daemon"]["idle_tick_s"]
+        last_tick = last_disk = 0.0
+        while not (self.stop_event.is_set() and self.queue.empty()):
+            try:
+                batch = self.queue.get(timeout=QUEUE_POLL_S)
+                self.engine.feed(batch)
+            except queue.Empty:
+                pass
+            now = time.time()
+            if now - last_tick >= idle_tick:
+                self.engine.tick(now - self.engine.settings.jitter_window_s)
+                last_tick = now
+            if now - last_disk >= 1.0:
+                self.disk.check(self.engine)
+                self._read_kernel_stats()
+                last_disk = now
+            self.heartbeats.beat("engine")
+
+    def _read_kernel_stats(self) -> None:
+        for name, capture in zip(self.config["capture"]["interfaces"], self.captures, strict=True):
+            stats = capture.stats()
+            self.live.packets[name] = stats.packets
+            self.live.drops[name] = stats.drops
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        engine = self.engine
+        if engine is None:
+            return "starting"
+        return (f"{len(engine.media)} active, {engine.counters['recordings']} recorded, "
+                f"{sum(self.live.packets.values())} packets, {sum(self.live.drops.values())} drops"
+                + (", PAUSED: disk full" if self.disk and self.disk.paused else ""))
+
+    def collect_metrics(self) -> list[Metric]:
+        engine = self.engine
+        if engine is None:
+            return []
+        oldest = min((m.timeline.t0 for m in engine.media.values()), default=None)
+        free = self.disk.free_bytes() if self.disk else 0
+        return [
+            Metric("recorderd_active_calls", "calls being recorded now", "gauge", [({}, len(engine.media))]),
+            Metric("recorderd_calls_total", "calls finished", "counter", [({}, engine.counters["calls"])]),
+            Metric("recorderd_recordings_total", "recordings written", "counter",
+                   [({}, engine.counters["recordings"])]),
+            Metric("recorderd_packets_total", "packets the kernel passed to the capture", "counter",
+                   [({"interface": k}, v) for k, v in self.live.packets.items()]),
+            Metric("recorderd_kernel_drops_total", "packets the kernel dropped (ring full)", "counter",
+                   [({"interface": k}, v) for k, v in self.live.drops.items()]),
+            Metric("recorderd_parse_errors_total", "malformed input skipped, by reason", "counter",
+                   [({"reason": k}, v) for k, v in sorted(engine.errors.items())]),
+            Metric("recorderd_disk_free_bytes", "free space on the vault's filesystem", "gauge", [({}, free)]),
+            Metric("recorderd_oldest_active_call_seconds", "age of the oldest unfinalised call", "gauge",
+                   [({}, time.time() - oldest if oldest else 0.0)]),
+            Metric("recorderd_recording_paused", "1 while recording is paused (disk floor)", "gauge",
+                   [({}, 1 if self.disk and self.disk.paused else 0)]),
+        ]
+
+    # -- stop and reload -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: what can change without a restart (log level, disk thresholds)."""
+        try:
+            fresh = load(self.config_path)
+        except Exception as err:  # noqa: BLE001 - a bad edit must not kill a recording daemon
+            log.error("reload refused, keeping the running configuration: %s", err)
+            return
+        configure_logging(fresh["daemon"]["log_level"])
+        if self.disk is not None:
+            self.disk.min_free = fresh["daemon"]["min_free_mb"] * MIB
+            self.disk.resume_free = fresh["daemon"]["resume_free_mb"] * MIB
+        self.config["daemon"].update(log_level=fresh["daemon"]["log_level"],
+                                     min_free_mb=fresh["daemon"]["min_free_mb"],
+                                     resume_free_mb=fresh["daemon"]["resume_free_mb"])
+        log.info("configuration reloaded")
+        self.notifier.status(self.status_line())
+
+    def stop(self) -> None:
+        self.notifier.stopping("finishing open calls")
+        self.stop_event.set()
+        for capture in self.captures:
+            capture.close()
+        for thread in self.threads:
+            thread.join(timeout=20)
+        if self.engine is not None:
+            self.engine.finish()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.appliance is not None:
+            self.appliance.audit.append("recorderd", "system", "stop", "", "ok")
+            self.appliance.close()
+        log.info("stopped")
+
+
+def run(config_path: Path) -> int:
+    daemon = Daemon(config_path)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload())
+    daemon.start()
+    try:
+        while not stopping.wait(1.0):
+            daemon.notifier.status(daemon.status_line())
+    finally:
+        daemon.stop()
+    return 0
