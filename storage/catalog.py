@@ -65,10 +65,12 @@ import apsw
 from capture.recording import iso_utc
 from storage.migrations import (
     MIGRATIONS,
+    NUMBER_GRAM_SIZES,
     CatalogError,
     Migration,
     SchemaTooNew,
     apply_migrations,
+    digits_sql,
     schema_version,
 )
 
@@ -83,6 +85,8 @@ T = TypeVar("T")
 DEFAULT_AGENT_HEADER = "X-Agent-ID"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_COUNT_LIMIT = 10_000
+# index-first searches test FTS matches as an IN set below this many, row by row above
+MATERIALISE_LIMIT = 20_000
 FINISHED_STATES = ("complete", "partial")
 # trigram tokenizer: FTS5 cannot match a string shorter than three characters
 TRIGRAM = 3
@@ -615,37 +619,69 @@ def split_terms(query: str) -> list[str]:
 
 
 _PARTY_COLUMNS = ("r.caller", "r.callee", "r.caller_uri", "r.callee_uri", "r.call_id")
+NUMBER_LIKE = re.compile(r"^\+?[0-9]+$")
+
+
+def number_digits(text: str) -> str | None:
+    """The digits of a search term that is a (part of a) phone number, else None."""
+    stripped = NUMBER_SEPARATORS.sub("", text)
+    return stripped.lstrip("+") if NUMBER_LIKE.match(stripped) and len(stripped.lstrip("+")) >= TRIGRAM else None
+
+
+def number_grams_query(digits: str) -> str:
+    """FTS5 query on ``search_numbers`` for a run of digits (storage/migrations.py).
+
+    The longest gram size that fits, at positions covering the whole run: one token (exact)
+    for 3 to 5 digits; for more, the catalog also checks that the digits are contiguous.
+    """
+    size = max(n for n in NUMBER_GRAM_SIZES if n <= len(digits))
+    starts = sorted(set(range(0, len(digits) - size + 1, size)) | {len(digits) - size})
+    return " AND ".join(f"{size}x{digits[i:i + size]}" for i in starts)
 
 
 @dataclass(slots=True)
 class _Plan:
-    """A search as SQL: FTS5 terms, a rowid (= start time) range, and filters on ``recordings r``.
+    """A search as SQL: FTS5 queries, a rowid (= start time) range, and filters on ``recordings r``.
 
-    Two shapes (see :meth:`from_where`): with FTS terms the FTS index drives, newest first by
-    its rowid, stopping after the page (a term found in millions of rows costs no more than a
-    rare one); with an agent filter, or without FTS terms, ``recordings`` drives through its
-    rowid or the agent index, and the FTS matches (if any) are a set to test against.
+    ``fts`` maps an FTS table (``search_numbers``, ``search_fts``) to the expressions ANDed in
+    its MATCH. Two shapes (see :meth:`from_where`): with FTS expressions, one FTS index drives
+    (the numbers index if used: it is the more selective), newest first by its rowid, stopping
+    after the page — a term found in millions of rows costs no more than a rare one — and any
+    other FTS table is probed per row. With ``index_first`` (an agent or an exact Call-ID: few
+    rows, reachable by an index) or without FTS, ``recordings`` drives through its rowid or an
+    index and FTS matches are a set to test against.
     """
 
-    fts: list[str] = field(default_factory=list)
+    fts: dict[str, list[str]] = field(default_factory=dict)
     clauses: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
     lo: int | None = None
     hi: int | None = None
     index_first: bool = False
+    probed: set[str] = field(default_factory=set)
 
     def add(self, clause: str, *params: Any) -> None:
         self.clauses.append(clause)
         self.params.extend(params)
 
+    def add_match(self, table: str, expression: str) -> None:
+        self.fts.setdefault(table, []).append(expression)
+
     def add_text(self, text: str, *, column: str | None) -> None:
-        """Substring match: trigram FTS when long enough, else LIKE on the party columns."""
-        if len(text) >= TRIGRAM:
-            self.fts.append(f"{column} : {_fts_phrase(text)}" if column else _fts_phrase(text))
-            return
-        pattern = _like_pattern(text)
-        self.add("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _PARTY_COLUMNS) + ")",
-                 *([pattern] * len(_PARTY_COLUMNS)))
+        """Substring match: the numbers index for digits, trigram FTS for other text of three
+        characters or more, else LIKE on the party columns."""
+        digits = number_digits(text)
+        if digits is not None:
+            self.add_match("search_numbers", number_grams_query(digits))
+            if len(digits) not in NUMBER_GRAM_SIZES:  # several grams: are they contiguous?
+                self.add(f"(instr({digits_sql('r.caller')}, ?) > 0 OR instr({digits_sql('r.callee')}, ?) > 0)",
+                         digits, digits)
+        elif len(text) >= TRIGRAM:
+            self.add_match("search_fts", f"{column} : {_fts_phrase(text)}" if column else _fts_phrase(text))
+        else:
+            pattern = _like_pattern(text)
+            self.add("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _PARTY_COLUMNS) + ")",
+                     *([pattern] * len(_PARTY_COLUMNS)))
 
     def _bounds(self, rowid: str) -> tuple[list[str], list[Any]]:
         clauses, params = [], []
@@ -657,27 +693,46 @@ class _Plan:
             params.append(self.hi)
         return clauses, params
 
+    def matches(self, table: str, expression: str) -> tuple[str, list[Any]]:
+        """SELECT of the rowids ``table`` matches within the time range."""
+        bounds, params = self._bounds("rowid")
+        return (f"SELECT rowid FROM {table} WHERE {table} MATCH ?" + "".join(f" AND {c}" for c in bounds),
+                [expression, *params])
+
+    def _tables(self) -> list[tuple[str, str]]:
+        """(table, MATCH expression), the driving one first."""
+        order = sorted(self.fts, key=lambda t: t != "search_numbers")
+        return [(table, " AND ".join(self.fts[table])) for table in order]
+
     def from_where(self, *, rows: bool) -> tuple[str, list[Any], str]:
         """(``FROM ... WHERE ...``, its parameters, the rowid expression to order by).
 
         ``rows=False`` (counting) skips the join when no filter needs ``recordings``.
         """
-        if self.fts and not self.index_first:
-            bounds, params = self._bounds("f.rowid")
-            conditions = ["f.search_fts MATCH ?", *bounds, *self.clauses]
-            params = [" AND ".join(self.fts), *params, *self.params]
-            source = "search_fts f"
+        tables = self._tables()
+        if tables and not self.index_first:
+            (driver, expression), probes = tables[0], tables[1:]
+            bounds, bound_params = self._bounds("f.rowid")
+            conditions = [f"f.{driver} MATCH ?", *bounds, *self.clauses]
+            params = [expression, *bound_params, *self.params]
+            for table, probe in probes:
+                conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = f.rowid)")
+                params.append(probe)
+            source = f"{driver} f"
             if rows or self.clauses:
                 # CROSS JOIN keeps the FTS index as the outer loop (SQLite does not reorder it)
                 source += " CROSS JOIN recordings r ON r.id = f.rowid"
             return f"FROM {source} WHERE {' AND '.join(conditions)}", params, "f.rowid"
         conditions, params = self._bounds("r.id")
         conditions, params = conditions + self.clauses, params + self.params
-        if self.fts:
-            inner, inner_params = self._bounds("rowid")
-            conditions.append("r.id IN (SELECT rowid FROM search_fts WHERE search_fts MATCH ?"
-                              + "".join(f" AND {c}" for c in inner) + ")")
-            params += [" AND ".join(self.fts), *inner_params]
+        for table, expression in tables:
+            if table in self.probed:
+                conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = r.id)")
+                params.append(expression)
+            else:
+                subquery, sub_params = self.matches(table, expression)
+                conditions.append(f"r.id IN ({subquery})")
+                params += sub_params
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         return f"FROM recordings r{where}", params, "r.id"
 
@@ -813,15 +868,18 @@ class CatalogReader:
                           max_duration=max_duration, state=state)
         return self._snapshot(lambda: self._search(plan, limit, offset, order_by, count_limit))
 
-    @staticmethod
-    def _plan(query: str | None, *, date_from: Any, date_to: Any, party: str | None,
+    def _plan(self, query: str | None, *, date_from: Any, date_to: Any, party: str | None,
               agent_id: str | None, direction: str | None, tag: str | None,
               min_duration: float | None, max_duration: float | None, state: str | None) -> _Plan:
         plan = _Plan()
         for term in split_terms(query or ""):
-            plan.add_text(term, column=None)
+            if self._is_call_id(term):  # a whole Call-ID: exact, through its index
+                plan.add("r.call_id = ?", term)
+                plan.index_first = True
+            else:
+                plan.add_text(term, column=None)
         if party:
-            plan.add_text(NUMBER_SEPARATORS.sub("", party) or party, column="parties")
+            plan.add_text(party, column="parties")
         low, high = to_epoch(date_from), to_epoch(date_to)
         plan.lo = None if low is None else time_id(low)
         plan.hi = None if high is None else time_id(high)
@@ -833,15 +891,31 @@ class CatalogReader:
         if tag is not None:
             tag = tag.strip()
             if len(tag) >= TRIGRAM:  # the FTS narrows, the tags table decides
-                plan.fts.append(f"tags : {_fts_phrase(tag)}")
+                plan.add_match("search_fts", f"tags : {_fts_phrase(tag)}")
             plan.add("EXISTS (SELECT 1 FROM tags t WHERE t.recording_id = r.recording_id "
                      "AND t.tag = ? COLLATE NOCASE)", tag)
         # one agent's calls are few: walk them (agent index, in time order) and test each
-        plan.index_first = agent_id is not None
+        plan.index_first = plan.index_first or agent_id is not None
         return plan
+
+    def _is_call_id(self, term: str) -> bool:
+        return len(term) >= TRIGRAM and bool(self._query("SELECT 1 FROM recordings WHERE call_id = ? LIMIT 1", (term,)))
+
+    def _choose_probes(self, plan: _Plan) -> None:
+        """Index-first plans: test FTS matches as a set when there are few, else row by row
+        (materialising a term found in a million recordings to keep one agent's 50 would cost
+        more than probing the agent's few thousand rows)."""
+        if not plan.index_first:
+            return
+        for table, expression in plan.fts.items():
+            subquery, params = plan.matches(table, " AND ".join(expression))
+            found = self._query(f"SELECT count(*) FROM ({subquery} LIMIT ?)", [*params, MATERIALISE_LIMIT])[0][0]
+            if found >= MATERIALISE_LIMIT:
+                plan.probed.add(table)
 
     def _search(self, plan: _Plan, limit: int, offset: int, order_by: str,
                 count_limit: int | None) -> SearchResult:
+        self._choose_probes(plan)
         source, params, rowid = plan.from_where(rows=True)
         rows = self._rows(f"SELECT {_ROW_COLUMNS} {source} ORDER BY {_order_sql(order_by, rowid)} "
                           f"LIMIT ? OFFSET ?", [*params, limit, offset])
@@ -1045,6 +1119,9 @@ class Catalog:
             conn.execute("INSERT INTO search_fts (rowid, parties, tags, notes, transcript) "
                          "SELECT id, parties, tags, notes, transcript FROM search_docs "
                          "WHERE recording_id IN (SELECT value FROM json_each(?))", (_dumps(sorted(imported)),))
+            conn.execute("INSERT INTO search_numbers (rowid, grams) SELECT id, numbers FROM search_docs "
+                         "WHERE recording_id IN (SELECT value FROM json_each(?)) AND numbers IS NOT NULL",
+                         (_dumps(sorted(imported)),))
             conn.execute("DELETE FROM bulk_load")
             return len(batch)
 

@@ -1,33 +1,85 @@
-"""Phone numbers masked for roles that must not see them whole (DESIGN.md: Roles).
+"""Masking phone numbers by role (DESIGN.md, "Roles": agents and QA see numbers masked).
 
-The middle digits of every run of digits long enough to be a number are replaced by '*';
-a prefix (country / area) and the last digits stay, so a reviewer can still tell calls
-apart. Everything that is not part of a digit run (scheme, host, '+') is kept.
+The catalog stores numbers whole (search needs them); masking happens on output. A masked
+number keeps a prefix (country / area code) and the last digits and hides the middle digits:
+``+4930123456789`` → ``+4930*****6789``. Shorter numbers keep less, so a masked number never
+shows more than a third of its digits at either end: ``2502`` → ``2**2``, ``123`` → ``***``.
+Characters other than digits (``+``, spaces, dashes) stay where they are.
+
+Roles that see numbers in full: ``auditor`` and ``admin``. Every other role, including an
+unknown one, gets masked numbers (fail closed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any
+from typing import Any, TypeVar
 
-MASKED_ROLES = frozenset({"agent", "qa"})
-NUMBER_FIELDS = ("caller", "callee", "caller_uri", "callee_uri")
-_DIGIT_RUN = re.compile(r"\d{3,}")
+UNMASKED_ROLES = frozenset({"auditor", "admin"})
+NUMBER_FIELDS = ("caller", "callee")
+URI_FIELDS = ("caller_uri", "callee_uri")
+MASK = "*"
+MAX_KEPT = 4  # digits kept at each end of a long number
 
+# sip:user@host, sips:, tel: (RFC 3261 §19.1, RFC 3966): the user part is the number
+_URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:)(?P<user>[^@;?]*)(?P<rest>.*)$", re.S)
 
-def _mask_run(digits: str) -> str:
-    keep = min(4, len(digits) // 3)
-    hidden = len(digits) - 2 * keep
-    return digits[:keep] + "*" * hidden + digits[len(digits) - keep:]
-
-
-def mask_number(value: str) -> str:
-    """"+4930123456789" -> "+4930*****6789"; "7001" -> "7**1"; "sip:2002@pbx" -> "sip:2**2@pbx"."""
-    return _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), value)
+Row = TypeVar("Row")
 
 
-def mask_row(row: dict[str, Any], role: str) -> dict[str, Any]:
-    """A copy of a catalog row with the number fields masked for the masked roles."""
-    if role not in MASKED_ROLES:
-        return dict(row)
-    return {k: mask_number(v) if k in NUMBER_FIELDS and isinstance(v, str) else v for k, v in row.items()}
+def kept_digits(count: int) -> int:
+    """Digits shown at each end of a number of ``count`` digits."""
+    return min(MAX_KEPT, (count - 1) // 3) if count > 0 else 0
+
+
+def mask_number(number: str) -> str:
+    """The number with its middle digits replaced by ``*`` (non-digits kept in place)."""
+    positions = [i for i, ch in enumerate(number) if ch.isdigit()]
+    keep = kept_digits(len(positions))
+    hidden = set(positions[keep:len(positions) - keep])
+    return "".join(MASK if i in hidden else ch for i, ch in enumerate(number))
+
+
+def mask_uri(uri: str) -> str:
+    """A SIP/tel URI with the digits of its user part masked; the host is left alone."""
+    match = _URI.match(uri)
+    if match is None:
+        return mask_number(uri)
+    return match["scheme"] + mask_number(match["user"]) + match["rest"]
+
+
+def needs_masking(role: str) -> bool:
+    return role not in UNMASKED_ROLES
+
+
+def _masked_fields(row: Any) -> dict[str, Any]:
+    get = row.get if isinstance(row, dict) else lambda name, default=None: getattr(row, name, default)
+    changes: dict[str, Any] = {}
+    for name in NUMBER_FIELDS:
+        if isinstance(get(name, None), str):
+            changes[name] = mask_number(get(name))
+    for name in URI_FIELDS:
+        if isinstance(get(name, None), str):
+            changes[name] = mask_uri(get(name))
+    metadata = get("metadata", None)
+    if isinstance(metadata, dict):
+        changes["metadata"] = {**metadata, **_masked_fields(metadata)}
+    return changes
+
+
+def mask_row(row: Row, role: str) -> Row:
+    """A copy of ``row`` (a dict, or a dataclass such as catalog.RecordingRow) with caller,
+    callee and their URIs masked for ``role`` — also inside a ``metadata`` dict and a nested
+    ``recording`` row. Unmasked roles get the row itself back."""
+    if not needs_masking(role):
+        return row
+    changes = _masked_fields(row)
+    nested = row.get("recording") if isinstance(row, dict) else getattr(row, "recording", None)
+    if nested is not None and (isinstance(nested, dict) or dataclasses.is_dataclass(nested)):
+        changes["recording"] = mask_row(nested, role)
+    if isinstance(row, dict):
+        return {**row, **changes}  # type: ignore[return-value]
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        return dataclasses.replace(row, **changes)  # type: ignore[return-value]
+    raise TypeError(f"mask_row needs a dict or a dataclass, not {type(row).__name__}")
