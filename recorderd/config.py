@@ -59,6 +59,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "catalog": Setting(str, "/var/lib/recorderd/catalog.db"),
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
+        "live_segment_kib": Setting(int, 16, 4, 1024),
     },
     "audit": {
         "checkpoint_every": Setting(int, 100, 1, 1_000_000),

@@ -99,7 +99,8 @@ class Daemon:
         for rec in self.appliance.recovered:
             log.warning("recovered %s: %s", rec.recording_id, rec.note)
         sink = VaultSink(self.appliance.vault_dir, self.appliance.keys, self.appliance.catalog,
-                         self.appliance.audit, actor="recorderd")
+                         self.appliance.audit, actor="recorderd",
+                         segment_size=self.config["storage"]["live_segment_kib"] * 1024)
         self.engine = CaptureEngine(sink, engine_settings(self.config))
         self.disk = DiskGuard(self.appliance.vault_dir, daemon_cfg["min_free_mb"] * MIB,
                               daemon_cfg["resume_free_mb"] * MIB)
