@@ -163,14 +163,18 @@ class ExpectationTable:
             hit = keys[pos] == dst_keys
             dst_hit[hit] = index[pos[hit]]
         result = np.where(dst_hit >= 0, dst_hit, pair_hit)
-        both = np.flatnonzero((dst_hit >= 0) & (pair_hit >= 0) & (dst_hit != pair_hit))
+        call_of = view["call_of"]
+        both = np.flatnonzero((dst_hit >= 0) & (pair_hit >= 0))
+        both = both[call_of[dst_hit[both]] != call_of[pair_hit[both]]]
         if len(both):   # the rare contested case: decide once per distinct (pair, destination claim)
-            combos, inverse = np.unique(np.stack([pair_hit[both], dst_hit[both]]), axis=1, return_inverse=True)
-            chosen = np.array([table.index(self._choose(int(src_keys[both[np.argmax(inverse == j)]]),
-                                                        int(dst_keys[both[np.argmax(inverse == j)]]),
-                                                        table[p], table[d]))
-                               for j, (p, d) in enumerate(combos.T.tolist())], np.int64)
-            result[both] = chosen[inverse.reshape(-1)]
+            combos, first, inverse = np.unique(np.stack([pair_hit[both], dst_hit[both]]), axis=1,
+                                               return_index=True, return_inverse=True)
+            chosen = []
+            for j, (p, d) in enumerate(combos.T.tolist()):
+                at = int(both[first[j]])
+                pick = self._choose(int(src_keys[at]), int(dst_keys[at]), table[p], table[d])
+                chosen.append(p if pick is table[p] else d)
+            result[both] = np.array(chosen, np.int64)[inverse.reshape(-1)]
         keys, index = view["src"]
         open_ = result < 0
         if len(keys) and open_.any():
@@ -197,6 +201,8 @@ class ExpectationTable:
             hashes = _pair_hash(src, dst)
             order = np.argsort(hashes, kind="stable")
             view["pairs"] = (hashes[order], src[order], dst[order], index[order])
+            calls: dict[str, int] = {}
+            view["call_of"] = np.array([calls.setdefault(e.call_key, len(calls)) for e in table], np.int64)
             self._sorted = view
         return self._sorted
 

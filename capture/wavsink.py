@@ -2,18 +2,17 @@
 
 Audio is streamed into DIR/<id>.wav.part as the engine hands it over (raw frames appended
 after a placeholder header, which is filled in at the end). Finished recordings are made
-durable in groups: their WAV and JSON temp files are flushed to disk with one syncfs(2) for
-the group (an fsync per file where syncfs is missing), then renamed into place and the
-directory synced. A crash leaves only .part and .tmp files, never a WAV or JSON that looks
-complete and is not.
+durable in groups by a background thread, so that the waiting for the disk overlaps the
+decoding: each file of the group is fsynced (its own data only: syncfs(2) would also wait for
+every other writer on the filesystem), then renamed into place, then the directory synced.
+A crash leaves only .part and .tmp files, never a WAV or JSON that looks complete and is not.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,29 +28,18 @@ CHANNELS = 2
 COMMIT_GROUP = 32          # finished recordings made durable together
 
 
-def _load_syncfs() -> object | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _load_syncfs()
-
-
-def sync_files(directory: Path, paths: list[Path]) -> None:
-    """Make the data of `paths` durable: one syncfs on their filesystem, else fsync each."""
-    if _SYNCFS is not None:
-        fd = os.open(directory, os.O_RDONLY)
+def sync_and_publish(directory: Path, group: list[tuple[Path, Path]]) -> list[Path]:
+    """Durable first, visible second: fsync every temp file, rename them, sync the directory."""
+    for tmp, _ in group:
+        fd = os.open(tmp, os.O_RDONLY)
         try:
-            if _SYNCFS(fd) == 0:  # type: ignore[operator]
-                return
+            os.fsync(fd)
         finally:
             os.close(fd)
-    for path in paths:
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
+    for tmp, final in group:
+        os.replace(tmp, final)
+    fsync_dir(directory)
+    return [final for _, final in group if final.suffix == ".wav"]
 
 
 def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
@@ -94,6 +82,8 @@ class WavDirectorySink:
     not_recorded_rows: list[dict[str, Any]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     pending: list[tuple[Path, Path]] = field(default_factory=list)   # (temp, final) not yet durable
+    publishing: list[Future[list[Path]]] = field(default_factory=list)
+    publisher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "wav-publisher"))
 
     def __post_init__(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,16 +131,15 @@ class WavDirectorySink:
             self.commit()
 
     def commit(self) -> None:
-        """Durable first, visible second: sync the group's data, then rename it into place."""
-        if not self.pending:
-            return
-        sync_files(self.out_dir, [tmp for tmp, _ in self.pending])
-        for tmp, final in self.pending:
-            os.replace(tmp, final)
-            if final.suffix == ".wav":
-                self.written.append(final)
-        self.pending.clear()
-        fsync_dir(self.out_dir)
+        """Hand the finished group to the publisher thread (see the module docstring)."""
+        if self.pending:
+            self.publishing.append(self.publisher.submit(sync_and_publish, self.out_dir, list(self.pending)))
+            self.pending.clear()
+
+    def _wait_published(self) -> None:
+        for done in self.publishing:
+            self.written.extend(done.result())
+        self.publishing.clear()
 
     def discard(self, handle: WavHandle) -> None:
         handle.file.close()
@@ -161,4 +150,6 @@ class WavDirectorySink:
 
     def finish(self) -> None:
         self.commit()
+        self._wait_published()
+        self.publisher.shutdown()
         write_atomic(self.out_dir / "not-recorded.json", json_bytes(self.not_recorded_rows))
