@@ -295,12 +295,15 @@ def verify_chain(reader: Source, verify_sig: SignatureCheck | None = None, *,
     checkpoint, before the last checkpoint, is reported as a deleted checkpoint.
     """
     conn, release = _connection(reader)
+    own_transaction = conn.get_autocommit()  # else the caller's transaction is the snapshot
     try:
-        conn.execute("BEGIN")
+        if own_transaction:
+            conn.execute("BEGIN")
         try:
             return _ChainWalk(conn, verify_sig, checkpoint_every).run()
         finally:
-            conn.execute("COMMIT")
+            if own_transaction:
+                conn.execute("COMMIT")
     finally:
         release()
 

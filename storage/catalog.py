@@ -20,16 +20,26 @@ timeout after which :class:`CatalogLocked` names the problem.
 
 Search
 ------
-:meth:`CatalogReader.search` combines a free-text query (FTS5, trigram tokenizer: any substring
-of three characters or more of a number, URI, Call-ID, tag, note or transcript) with filters.
-Quoted text (``"late payment"``) is one phrase; other words are ANDed. A term shorter than three
-characters cannot use the trigram index: it matches as a substring (``LIKE``) of the numbers,
-URIs and Call-ID only, which scans the rows left by the other filters (fine with a date range
-or an agent, slow on a bare 10 M-row catalog). ``party`` narrows to the parties (numbers, URIs,
-Call-ID) and drops the separators people type in numbers (spaces, dashes, dots, slashes,
-parentheses). ``total`` is exact up to ``count_limit`` (10,000); above it ``total_exact`` is
-False and ``total == count_limit`` (a "10,000+" in a user interface): counting every match of a
-term found in millions of rows would cost seconds for no use.
+:meth:`CatalogReader.search` combines a free-text query with filters; every criterion must hold.
+Each word of the query (text in double quotes is one phrase) is matched as a substring:
+
+* digits (``+``, spaces, dashes, dots, slashes, parentheses allowed, three digits or more):
+  part of the caller's or callee's number, through the number n-gram index (see
+  storage/migrations.py; trigrams of digits are too dense to search 10 M calls quickly);
+* a whole Call-ID: that dialog, through the ``call_id`` index;
+* any other text of three characters or more: FTS5 with the trigram tokenizer over the parties
+  (numbers, URIs, Call-ID), tags, notes and transcript;
+* shorter text: trigram FTS cannot match fewer than three characters, so the term is matched
+  with ``LIKE`` against the numbers, URIs and Call-ID only, which scans the rows the other
+  criteria leave (fine with a date range or an agent, slow on a bare 10 M-row catalog).
+
+``party`` is the same restricted to the parties. ``tag`` is exact (case-insensitive).
+Results are newest first by default. ``recordings.id`` is the start time in milliseconds, so
+"newest first", date ranges and pages are rowid ranges, and an FTS index (whose rowid is the
+same id) can drive the query in time order and stop after the page. ``total`` is exact up to
+``count_limit`` (10,000); above it ``total_exact`` is False and ``total == count_limit`` (a
+"10,000+" in a user interface): counting every match of a term found in millions of rows would
+cost seconds for no use.
 
 JSON
 ----
@@ -91,7 +101,7 @@ FINISHED_STATES = ("complete", "partial")
 # trigram tokenizer: FTS5 cannot match a string shorter than three characters
 TRIGRAM = 3
 NUMBER_SEPARATORS = re.compile(r"[\s\-./()]")
-# the rowid is the start time in microseconds (storage/migrations.py)
+# the rowid is the start time in milliseconds (storage/migrations.py)
 ORDERINGS = {
     "-started_at": "{rowid} DESC",
     "started_at": "{rowid} ASC",
@@ -366,7 +376,7 @@ def _free_id(conn: apsw.Connection, started_at: float, recording_id: str) -> int
 
 
 def _distinct_time_ids(started: list[float]) -> list[int]:
-    """Time ids for a batch, made distinct within it (a clash moves one microsecond on)."""
+    """Time ids for a batch, made distinct within it (a clash moves one millisecond on)."""
     taken: set[int] = set()
     ids = []
     for epoch in started:
@@ -839,13 +849,12 @@ class CatalogReader:
 
     def find_by_call_id(self, call_id: str) -> list[RecordingRow]:
         """Recordings of one SIP dialog (exact Call-ID)."""
-        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.call_id = ? "
-                          f"ORDER BY r.started_at", (call_id,))
+        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.call_id = ? ORDER BY r.id",
+                          (call_id,))
 
     def active_recordings(self) -> list[RecordingRow]:
         """Recordings begun and not finished (after a crash: the ones to recover)."""
-        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.state = 'active' "
-                          f"ORDER BY r.started_at, r.id")
+        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.state = 'active' ORDER BY r.id")
 
     # -- search
 
@@ -858,7 +867,7 @@ class CatalogReader:
         """Recordings matching all the given criteria, newest first by default.
 
         ``date_from`` is inclusive, ``date_to`` exclusive (epoch seconds, ISO 8601 or datetime,
-        compared with ``started_at`` to the microsecond). ``tag`` is exact (case-insensitive).
+        compared with ``started_at`` to the millisecond). ``tag`` is exact (case-insensitive).
         ``order_by`` is one of ``-started_at``, ``started_at``, ``-duration_s``, ``duration_s``.
         """
         if limit < 0 or offset < 0:
@@ -935,7 +944,7 @@ class CatalogReader:
         Rows rewrapped meanwhile drop out (their ``kek_id`` changed): a rotation killed halfway
         and started again simply continues with the rest.
         """
-        last = 0
+        last = -(2**63)  # ids are start times (ms): below any of them
         while True:
             found = self._query(
                 "SELECT id, recording_id, key_id, kek_id, wrapped_key FROM recordings "

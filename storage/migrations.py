@@ -11,7 +11,7 @@ Migrations are append-only: never edit a released one, add the next number.
 Schema notes
 ------------
 * ``recordings.id`` is an ``INTEGER PRIMARY KEY`` (a rowid alias, which VACUUM keeps) holding
-  ``started_at`` in microseconds (the first free integer at or above it). The table, the agent
+  ``started_at`` in milliseconds (the first free integer at or above it). The table, the agent
   index (``(agent_id)`` is ordered by ``(agent_id, rowid)``) and the FTS index (whose rowid is
   ``id``) are therefore all in time order: "newest first", a date range, or a page of a search
   is a range of rowids, with no sort and no separate index on ``started_at``.
@@ -29,9 +29,10 @@ Schema notes
   digits of caller and callee are indexed as 3-, 4- and 5-grams (tokens like ``3x301``,
   ``4x3012``, ``5x30123``; ``ascii`` tokenizer, ``detail=none``: only which recording, not
   where). A query of 3, 4 or 5 digits is one token, exact; a longer one ANDs the 5-grams
-  covering it (each in ~0.02 % of the calls) and the catalog checks the digits are contiguous. The grams are made in
-  SQL from ``number_gram_spans`` (every (n, position) for a digit string of each length up to
-  32), so triggers and bulk imports share one definition.
+  covering it (each in ~0.02 % of the calls) and the catalog checks the digits are contiguous.
+  The grams are made in SQL from ``number_gram_spans`` (every (n, position) for a digit string
+  of each length up to 32; longer digit strings are not indexed), so triggers and bulk imports
+  share one definition.
 * Child rows reference ``recordings`` with ``DEFERRABLE INITIALLY DEFERRED`` foreign keys, so a
   bulk import may write them in any order within its transaction.
 * A row in ``bulk_load`` (only ever present inside a bulk import's own transaction, so no other
