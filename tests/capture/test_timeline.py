@@ -17,6 +17,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,10 +157,15 @@ def test_loss_is_counted_exactly_and_the_burst_is_a_gap(replay: Callable[[str], 
             assert streams[stream.ssrc]["lost"] == stream.lost
 
 
-def test_duplicates_are_counted_and_not_lost(replay: Callable[[str], Replay]) -> None:
-    result = replay("duplicates")
+def _single_call(replay: Callable[[str], Replay], name: str) -> tuple[Any, dict[str, Any]]:
+    """A one-call scenario replayed: its ground truth and its recording's metadata."""
+    result = replay(name)
     call = next(iter(result.truth.calls.values()))
-    rec = result.recording(call.call_id)
+    return call, result.recording(call.call_id)
+
+
+def test_duplicates_are_counted_and_not_lost(replay: Callable[[str], Replay]) -> None:
+    call, rec = _single_call(replay, "duplicates")
     for leg in call.legs:
         assert leg.duplicates > 0
         _assert_counts(rec, leg)
@@ -168,9 +174,7 @@ def test_duplicates_are_counted_and_not_lost(replay: Callable[[str], Replay]) ->
 @pytest.mark.parametrize("name", ["reorder", "jitter"])
 def test_reordering_and_jitter_lose_nothing(replay: Callable[[str], Replay], name: str) -> None:
     """Packets up to 60 ms late are put back in order, not dropped as lost."""
-    result = replay(name)
-    call = next(iter(result.truth.calls.values()))
-    rec = result.recording(call.call_id)
+    call, rec = _single_call(replay, name)
     for leg in call.legs:
         assert leg.out_of_order > 0
         _assert_counts(rec, leg)
@@ -178,9 +182,7 @@ def test_reordering_and_jitter_lose_nothing(replay: Callable[[str], Replay], nam
 
 @pytest.mark.parametrize("name", ["talk_spurts", "hold"])
 def test_silence_suppression_and_hold_are_not_loss(replay: Callable[[str], Replay], name: str) -> None:
-    result = replay(name)
-    call = next(iter(result.truth.calls.values()))
-    rec = result.recording(call.call_id)
+    call, rec = _single_call(replay, name)
     for leg in call.legs:
         _assert_counts(rec, leg)
         assert _leg_counts(rec, leg.channel)["gaps"] == []
