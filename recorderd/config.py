@@ -60,6 +60,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
         "live_segment_kib": Setting(int, 16, 4, 1024),
+        "live_fsync_segments": Setting(int, 8, 0, 100_000),
     },
     "audit": {
         "checkpoint_every": Setting(int, 100, 1, 1_000_000),

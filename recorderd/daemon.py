@@ -100,7 +100,8 @@ class Daemon:
             log.warning("recovered %s: %s", rec.recording_id, rec.note)
         sink = VaultSink(self.appliance.vault_dir, self.appliance.keys, self.appliance.catalog,
                          self.appliance.audit, actor="recorderd",
-                         segment_size=self.config["storage"]["live_segment_kib"] * 1024)
+                         segment_size=self.config["storage"]["live_segment_kib"] * 1024,
+                         fsync_every_segments=self.config["storage"]["live_fsync_segments"])
         self.engine = CaptureEngine(sink, engine_settings(self.config))
         self.disk = DiskGuard(self.appliance.vault_dir, daemon_cfg["min_free_mb"] * MIB,
                               daemon_cfg["resume_free_mb"] * MIB)
@@ -233,7 +234,9 @@ class Daemon:
         for capture in self.captures:
             capture.close()
         for thread in self.threads:
-            thread.join(timeout=20)
+            # the engine thread drains the queue first; finishing the calls before it is done
+            # would race with it (systemd's stop timeout bounds the wait; recovery covers a kill)
+            thread.join()
         if self.engine is not None:
             self.engine.finish()
         if self.watchdog is not None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -116,8 +116,8 @@ def _writer_call(target: Target) -> Callable[[Callable[[apsw.Connection], Any]],
 
 
 def _last_entry(conn: apsw.Connection) -> tuple[int, str]:
-    found = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchall()
-    return (found[0][0], found[0][1]) if found else (0, GENESIS)
+    found: list[Any] = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchall()
+    return (int(found[0][0]), str(found[0][1])) if found else (0, GENESIS)
 
 
 class AuditLog:
@@ -177,12 +177,14 @@ class AuditLog:
     def _checkpoint_due(self, conn: apsw.Connection, seq: int, now: float) -> bool:
         if self.sign is None:
             return False
-        last = conn.execute("SELECT seq, ts FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchall()
-        last_seq, since = last[0] if last else (0, None)
+        last: list[Any] = conn.execute("SELECT seq, ts FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchall()
+        last_seq: int = last[0][0] if last else 0
+        since: float | None = last[0][1] if last else None
         if seq - last_seq >= self.checkpoint_every:
             return True
         if since is None:  # never signed yet: count from the first entry
-            since = conn.execute("SELECT ts FROM audit WHERE seq = ?", (last_seq + 1,)).fetchall()[0][0]
+            first: list[Any] = conn.execute("SELECT ts FROM audit WHERE seq = ?", (last_seq + 1,)).fetchall()
+            since = float(first[0][0])
         return now - since >= self.checkpoint_seconds
 
     def _write_checkpoint(self, conn: apsw.Connection, seq: int, chain_hash: str, now: float) -> None:
@@ -224,8 +226,8 @@ class _ChainWalk:
 
     def seq_with_hash(self, chain_hash: str) -> int | None:
         """Where an entry with this hash sits now (a scan, only after a problem was found)."""
-        found = self.conn.execute("SELECT seq FROM audit WHERE hash = ? LIMIT 1", (chain_hash,)).fetchall()
-        return found[0][0] if found else None
+        found: list[Any] = self.conn.execute("SELECT seq FROM audit WHERE hash = ? LIMIT 1", (chain_hash,)).fetchall()
+        return int(found[0][0]) if found else None
 
     def link_problem(self, seq: int, fields: dict[str, Any], intact: bool) -> tuple[int, str]:
         """Entry ``seq`` does not point at the entry before it: say why, as precisely as we can."""
@@ -333,4 +335,4 @@ def iter_entries(reader: Source, object: str | None = None,  # noqa: A002
     finally:
         release()
     for row in rows:
-        yield AuditEntry(*row)
+        yield AuditEntry(*cast(tuple[Any, ...], row))

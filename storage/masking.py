@@ -57,11 +57,13 @@ def _masked_fields(row: Any) -> dict[str, Any]:
     get = row.get if isinstance(row, dict) else lambda name, default=None: getattr(row, name, default)
     changes: dict[str, Any] = {}
     for name in NUMBER_FIELDS:
-        if isinstance(get(name, None), str):
-            changes[name] = mask_number(get(name))
+        value = get(name, None)
+        if isinstance(value, str):
+            changes[name] = mask_number(value)
     for name in URI_FIELDS:
-        if isinstance(get(name, None), str):
-            changes[name] = mask_uri(get(name))
+        value = get(name, None)
+        if isinstance(value, str):
+            changes[name] = mask_uri(value)
     metadata = get("metadata", None)
     if isinstance(metadata, dict):
         changes["metadata"] = {**metadata, **_masked_fields(metadata)}
@@ -81,5 +83,5 @@ def mask_row(row: Row, role: str) -> Row:
     if isinstance(row, dict):
         return {**row, **changes}  # type: ignore[return-value]
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        return dataclasses.replace(row, **changes)  # type: ignore[return-value]
+        return dataclasses.replace(row, **changes)
     raise TypeError(f"mask_row needs a dict or a dataclass, not {type(row).__name__}")

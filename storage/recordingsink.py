@@ -77,6 +77,7 @@ class VaultSink:
     actor: str = "recorderd"
     tags: list[str] = field(default_factory=list)
     segment_size: int = 65536
+    fsync_every_segments: int = 1
     recorded: list[str] = field(default_factory=list)
     open_handles: dict[str, VaultHandle] = field(default_factory=dict)
 
@@ -87,7 +88,8 @@ class VaultSink:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.catalog.begin_recording(call.recording_id, call.call_id, started_at, call_identity(call),
                                      kek_id=kek_id, wrapped_key=wrapped, key_id=key_id.hex())
-        writer = VaultWriter(path, key, key_id, call.recording_id, rate, CHANNELS, segment_size=self.segment_size)
+        writer = VaultWriter(path, key, key_id, call.recording_id, rate, CHANNELS, segment_size=self.segment_size,
+                             fsync_every_segments=self.fsync_every_segments)
         handle = VaultHandle(call, key, key_id, kek_id, wrapped, rate, path, writer)
         self.open_handles[call.recording_id] = handle
         return handle
@@ -103,7 +105,7 @@ class VaultSink:
         handle.generation += 1
         handle.path = vault_path(self.vault_dir, handle.call.recording_id, handle.generation)
         writer = VaultWriter(handle.path, handle.key, handle.key_id, handle.call.recording_id, new_rate, CHANNELS,
-                             segment_size=self.segment_size)
+                             segment_size=self.segment_size, fsync_every_segments=self.fsync_every_segments)
         with VaultReader(old_path, handle.key, handle.call.recording_id) as old:
             for chunk in old.iter_pcm(UPGRADE_CHUNK):
                 pcm = np.frombuffer(chunk, "<i2").reshape(-1, CHANNELS)
