@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from recorderd.commands import keys, replay, run, store
-from recorderd.commands.common import DEFAULT_CONFIG, EXIT_USAGE, UsageError
+from recorderd.commands.common import DEFAULT_CONFIG, EXIT_PROBLEM, EXIT_USAGE, UsageError
 from recorderd.config import ConfigError
+from storage.catalog import CatalogError
 
 COMMAND_MODULES = [replay, store, keys, run]
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as err:
         print(f"recorderd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except CatalogError as err:   # locked by another writer past the busy timeout, newer schema, ...
+        print(f"recorderd: catalog: {err}", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 if __name__ == "__main__":
