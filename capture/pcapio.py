@@ -106,6 +106,20 @@ class FrameBatch:
             yield ts, view[start : start + length]
 
 
+def merge_batches(batches: list[FrameBatch]) -> FrameBatch:
+    """Several batches of one link type as one (their buffers joined, offsets shifted)."""
+    if len(batches) == 1:
+        return batches[0]
+    shifts = np.cumsum([0] + [len(b.buf) for b in batches[:-1]])
+    return FrameBatch(
+        batches[0].linktype,
+        b"".join(bytes(b.buf) for b in batches),
+        np.concatenate([b.offsets + shift for b, shift in zip(batches, shifts, strict=True)]),
+        np.concatenate([b.lengths for b in batches]),
+        np.concatenate([b.ts for b in batches]),
+    )
+
+
 @dataclass(slots=True)
 class _ChunkResult:
     """What a format parser made of one buffer."""

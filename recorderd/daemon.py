@@ -28,7 +28,7 @@ from typing import Any
 from capture.afpacket import LiveCapture, RingSettings
 from capture.bpf import DEFAULT_FILTER, compile_filter
 from capture.engine import CaptureEngine
-from capture.pcapio import FrameBatch
+from capture.pcapio import FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
 from recorderd.config import engine_settings, load
 from recorderd.logsetup import configure_logging
@@ -39,6 +39,7 @@ from storage.recordingsink import VaultSink
 log = logging.getLogger("recorderd.daemon")
 MIB = 1 << 20
 QUEUE_POLL_S = 0.05
+MERGE_BYTES = 16 << 20     # at most this much captured data per engine batch
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Daemon:
         while not (self.stop_event.is_set() and self.queue.empty()):
             try:
                 batch = self.queue.get(timeout=QUEUE_POLL_S)
-                self.engine.feed(batch)
+                self.engine.feed(self._with_backlog(batch))
             except queue.Empty:
                 pass
             now = time.time()
@@ -168,6 +169,25 @@ class Daemon:
                 self._read_kernel_stats()
                 last_disk = now
             self.heartbeats.beat("engine")
+
+    def _with_backlog(self, batch: FrameBatch) -> FrameBatch:
+        """Adaptive batching: blocks that queued up while the engine worked are merged into
+        one batch (up to MERGE_BYTES), so the per-stream cost of a batch is paid once for all of
+        them — exactly when the load is high. Blocks of another link type wait their turn."""
+        assert self.engine is not None
+        merged, size = [batch], len(batch.buf)
+        while size < MERGE_BYTES:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt.linktype != batch.linktype:
+                self.engine.feed(merge_batches(merged))
+                merged, size, batch = [nxt], len(nxt.buf), nxt
+                continue
+            merged.append(nxt)
+            size += len(nxt.buf)
+        return merge_batches(merged)
 
     def _read_kernel_stats(self) -> None:
         for name, capture in zip(self.config["capture"]["interfaces"], self.captures, strict=True):

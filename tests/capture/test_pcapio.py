@@ -365,3 +365,17 @@ def test_corpus_matches_tshark(name: str) -> None:
         assert np.allclose(ts, expected_ts, atol=1e-6, rtol=0)
         assert (lengths == expected_len).all()
         assert not reader.errors
+
+
+def test_merge_batches_keeps_every_frame_and_timestamp(tmp_path: Path) -> None:
+    from capture.pcapio import merge_batches, read_batches, write_pcap
+
+    frames = [(1000.0 + i / 100, bytes([i % 256]) * (60 + i)) for i in range(300)]
+    path = tmp_path / "m.pcap"
+    write_pcap(path, 1, frames)
+    batches = list(read_batches(path, chunk_bytes=4096))
+    assert len(batches) > 3
+    merged = merge_batches(batches)
+    assert len(merged) == len(frames)
+    assert [bytes(merged.frame(i)) for i in range(len(merged))] == [f for _, f in frames]
+    assert merged.ts.tolist() == pytest.approx([t for t, _ in frames])
