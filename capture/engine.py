@@ -57,6 +57,7 @@ class EngineSettings:
     jitter_window_s: float = 0.5     # audio older than this (capture time) goes to the sink
     reanchor_s: float = 0.2          # see capture.streams
     flush_chunk_s: float = 10.0      # silence is written in pieces of at most this
+    min_flush_s: float = 0.0         # audio is handed to the sink in pieces of at least this
 
 
 class CallMedia(CallAudio):
@@ -302,7 +303,11 @@ class CaptureEngine:
         window = self.settings.jitter_window_s
         for media in self.media.values():
             t = media.timeline
-            media.flush(min(t.sample_at(self.now - window), t.end), int(self.settings.flush_chunk_s * t.rate))
+            upto = min(t.sample_at(self.now - window), t.end)
+            # hand audio over in pieces of at least min_flush_s: thousands of calls each
+            # flushed on every batch would cost more in per-call overhead than in audio
+            if upto - t.base >= self.settings.min_flush_s * t.rate:
+                media.flush(upto, int(self.settings.flush_chunk_s * t.rate))
         self.tcp.expire(self.now)
 
     def tick(self, now: float) -> None:

@@ -38,6 +38,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "linger_s": Setting(float, 2.0, 0.0, 600.0),
         "challenge_linger_s": Setting(float, 32.0, 0.0, 600.0),
         "flush_chunk_s": Setting(float, 10.0, 0.1, 600.0),
+        "min_flush_s": Setting(float, 0.0, 0.0, 10.0),
         "extra_headers": Setting(list, ["X-Agent-ID"]),
         "interfaces": Setting(list, ["lo"]),
         "bpf_filter": Setting(str, "default"),
@@ -47,7 +48,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "daemon": {
         "queue_batches": Setting(int, 1024, 8, 1_000_000),
-        "idle_tick_s": Setting(float, 0.2, 0.01, 10.0),
+        "idle_tick_s": Setting(float, 0.1, 0.01, 10.0),
         "stage_max_age_s": Setting(float, 10.0, 1.0, 600.0),
         "min_free_mb": Setting(int, 512, 0, 10_000_000),
         "resume_free_mb": Setting(int, 1024, 0, 10_000_000),
@@ -59,8 +60,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "catalog": Setting(str, "/var/lib/recorderd/catalog.db"),
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
-        "live_segment_kib": Setting(int, 16, 4, 1024),
-        "live_fsync_segments": Setting(int, 8, 0, 100_000),
+        "live_segment_kib": Setting(int, 8, 4, 1024),
+        "live_fsync_segments": Setting(int, 16, 0, 100_000),
     },
     "audit": {
         "checkpoint_every": Setting(int, 100, 1, 1_000_000),
@@ -130,4 +131,5 @@ def engine_settings(config: dict[str, dict[str, Any]]) -> EngineSettings:
         hold_timeout_s=c["hold_timeout_s"], setup_timeout_s=c["setup_timeout_s"],
         linger_s=c["linger_s"], challenge_linger_s=c["challenge_linger_s"])
     return EngineSettings(tracker=tracker, jitter_window_s=c["jitter_window_s"],
-                          reanchor_s=c["reanchor_s"], flush_chunk_s=c["flush_chunk_s"])
+                          reanchor_s=c["reanchor_s"], flush_chunk_s=c["flush_chunk_s"],
+                          min_flush_s=c["min_flush_s"])

@@ -1,7 +1,8 @@
 """kill -9 of the daemon during calls, then a restart (issue 4, Must show 2).
 
-SIPp places calls one per second (each ~9 s of RTP); the daemon is SIGKILLed while some calls
-have finished and others are in full flow, then started again. Checked: it is capturing again
+SIPp places calls one per second (each 7 s of speech, then a digit, BYE at 9 s); the daemon is
+SIGKILLed at 12.5 s, when calls 0-1 have ended, 2-5 are past their speech and 6-7 are talking,
+then started again. Checked: it is capturing again
 (READY=1) within 5 s; the calls finished before the kill are complete and verify; the calls
 interrupted are recovered as partial, with at most 1 s of their audio before the kill lost;
 `recorderd verify` finds nothing wrong.
@@ -21,7 +22,7 @@ from pathlib import Path
 from tests.system.test_daemon_sipp import SIPP_SHARE, appliance, start_daemon  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
-CALLS = 6
+CALLS = 8
 MAX_LOST_S = 1.0
 
 
@@ -56,7 +57,7 @@ def test_kill_9_during_calls_then_restart(appliance: Path, tmp_path: Path) -> No
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = None
     try:
-        time.sleep(13.0)   # calls 0-1 ended (BYE at ~9 s + linger), calls 2-5 are talking
+        time.sleep(12.5)
         first.send_signal(signal.SIGKILL)
         killed_at = time.time()
         first.wait(timeout=10)
@@ -80,11 +81,14 @@ def test_kill_9_during_calls_then_restart(appliance: Path, tmp_path: Path) -> No
     partial = [r for r in rows if r["state"] == "partial"]
     assert complete, "calls that ended before the kill must be complete"
     assert partial, "calls in flow at the kill must be recovered as partial"
+    talking_at_kill = 0
     for row in partial:
         assert "recovered after a recorder crash" in (row["partial_note"] or "")
         detail = json.loads(cli(appliance, "show", row["recording_id"], "--json").stdout)
         started = detail["metadata"]["started_at_epoch"]
         talking = min(killed_at - started, 7.05)          # SIPp's speech lasts 7.05 s
+        talking_at_kill += killed_at - started < 7.05
         assert talking - detail["duration_s"] <= MAX_LOST_S, (row["recording_id"], talking, detail["duration_s"])
+    assert talking_at_kill, "the kill must land while some calls are talking"
     verify = cli(appliance, "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
