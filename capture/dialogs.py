@@ -52,7 +52,6 @@ class Call:
     last_activity: float = 0.0
     on_hold: bool = False
     zrtp: bool = False
-    encrypted_without_keys: bool = False
     crypto: dict[int, list[Crypto]] = field(default_factory=dict)   # sender channel -> keys
     chosen_crypto_tag: int | None = None
     codecs: dict[int, CodecSpec] = field(default_factory=dict)     # every PT mapping seen
@@ -107,7 +106,6 @@ class DialogTracker:
         self.settings = settings or TrackerSettings()
         self.expectations = expectations or ExpectationTable()
         self.calls: dict[str, Call] = {}
-        self.finished: list[Call] = []   # ended calls whose linger passed; the engine drains this
 
     # -- messages -------------------------------------------------------------------------
 
@@ -210,8 +208,6 @@ class DialogTracker:
                 keys.extend(media.crypto)
                 if author == CALLEE or call.chosen_crypto_tag is None:
                     call.chosen_crypto_tag = media.crypto[0].tag
-            elif secure:
-                call.encrypted_without_keys = True
             address = media.connection
             if not media.port or not address or address in HOLD_ADDRESSES:
                 continue  # rejected stream, or hold by the RFC 2543 c=0.0.0.0 convention

@@ -62,7 +62,6 @@ class MediaExpectation:
     codecs: dict[int, CodecSpec]      # payload type -> codec, as the receiving side declared
     secure: bool                      # RTP/SAVP(F): payload is SRTP
     via_source: bool                  # matched on the source address (symmetric RTP)
-    released: bool = False
 
 
 @dataclass(slots=True)
@@ -83,8 +82,8 @@ class ExpectationTable:
         key = endpoint_key(self.addresses.key(ip), port)
         to_author = self._new(call_key, 1 - author_channel, kind, codecs, secure, via_source=False)
         from_author = self._new(call_key, author_channel, kind, codecs, secure, via_source=True)
-        self._replace(self._by_dst, key, to_author)
-        self._replace(self._by_src, key, from_author)
+        self._by_dst[key] = to_author     # the newer SDP's claim wins (port reuse, re-INVITE)
+        self._by_src[key] = from_author
         self._sorted = None
 
     def claim_pair(self, src: tuple[str, int], dst: tuple[str, int], *, call_key: str, channel: int,
@@ -93,11 +92,7 @@ class ExpectationTable:
         Checked before the one-sided claims, so calls that share one media address on one side
         (a media server answering every call on the same port) still come apart."""
         key = (endpoint_key(self.addresses.key(src[0]), src[1]), endpoint_key(self.addresses.key(dst[0]), dst[1]))
-        claim = self._new(call_key, channel, kind, codecs, secure, via_source=False)
-        old = self._by_pair.get(key)
-        if old is not None:
-            old.released = True
-        self._by_pair[key] = claim
+        self._by_pair[key] = self._new(call_key, channel, kind, codecs, secure, via_source=False)
         self._pair_calls.setdefault(key, set()).add(call_key)
         self._sorted = None
 
@@ -106,24 +101,17 @@ class ExpectationTable:
         self._next_ident += 1
         return MediaExpectation(self._next_ident, call_key, channel, kind, codecs, secure, via_source)
 
-    @staticmethod
-    def _replace(table: dict[int, MediaExpectation], key: int, new: MediaExpectation) -> None:
-        old = table.get(key)
-        if old is not None:
-            old.released = True
-        table[key] = new
-
     def release_call(self, call_key: str) -> None:
         """Forget every claim of a call that ended, so its ports are free for later calls."""
         for pair in [k for k, e in self._by_pair.items() if e.call_key == call_key]:
-            self._by_pair.pop(pair).released = True
+            del self._by_pair[pair]
         for pair, calls in list(self._pair_calls.items()):
             calls.discard(call_key)
             if not calls:
                 del self._pair_calls[pair]
         for table in (self._by_dst, self._by_src):
             for key in [k for k, e in table.items() if e.call_key == call_key]:
-                table.pop(key).released = True
+                del table[key]
         self._sorted = None
 
     def lookup(self, src_ip: str, sport: int, dst_ip: str, dport: int) -> MediaExpectation | None:

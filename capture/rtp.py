@@ -85,21 +85,6 @@ def parse_rtp_headers(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray)
     )
 
 
-def parse_rtp_packet(packet: bytes) -> RtpHeaders:
-    """Scalar convenience: the headers of one packet (ParseError when it is not RTP)."""
-    arr = np.frombuffer(packet, np.uint8)
-    headers = parse_rtp_headers(arr, np.zeros(1, np.int64), np.array([len(packet)], np.int64))
-    if not headers.valid[0]:
-        raise ParseError("rtp.malformed", f"{len(packet)} bytes are not a valid RTP packet")
-    return headers
-
-
-def looks_like_rtcp(first_two: bytes) -> bool:
-    """RTCP shares RTP's version bits; its packet types are 200-207 (RFC 3550 §12.1,
-    RFC 4585), which RFC 5761 §4 keeps out of the RTP payload-type space (72-79 with M set)."""
-    return len(first_two) >= 2 and first_two[0] >> 6 == RTP_VERSION and 192 <= first_two[1] <= 223
-
-
 def unwrap(values: np.ndarray, previous: int | None, bits: int) -> np.ndarray:
     """Extend wrapping counters (RTP seq: 16 bits, timestamp: 32 bits) to int64.
 
