@@ -19,9 +19,12 @@ contract document.
 
 Searches go through storage.catalog.CatalogReader.search (newest first, page of 50, total
 counted up to 10,000) on a read-only connection, after a few warm-up queries:
-number substring (4-8 digits cut from a random caller's number), keyword (a word of the
-transcripts), date range (30 days) + agent, paged listing (pages 1-20 of everything), Call-ID,
-tag + date range. Figures are printed, not judged; the target is p95 <= 50 ms at 10 M.
+number substring (4-8 digits cut from a random customer's number), keyword (a word of the
+transcripts, drawn uniformly from the vocabulary), date range (30 days) + agent, paged listing
+(pages 1-20 of everything), Call-ID (whole), keyword + agent (what an agent's own search looks
+like), tag + date range (90 days). Each set runs twice: the first pass meets the OS page cache as
+it is (a 10 M catalog is larger than this machine's RAM), the second repeats the same queries
+warm. Figures are printed, not judged; the target is p95 <= 50 ms at 10 M.
 """
 
 from __future__ import annotations
@@ -239,12 +242,17 @@ def report_searches(path: str, seed: int, n: int) -> None:
         sets = query_sets(reader, seed, n)
         for kwargs in [s[0] for s in sets.values()] * 3:  # warm-up: schema, first pages
             reader.search(**kwargs)
-        print(f"\nsearches ({n} of each; newest first, page of 50, total counted up to 10,000):")
-        print(f"  {'search':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'median hits':>13}")
+        print(f"\nsearches ({n} of each; newest first, page of 50, total counted up to 10,000).")
+        print("first pass: each query once, pages as the OS cache has them (the catalog may not fit")
+        print("in RAM); second pass: the same queries again, warm.")
+        print(f"  {'search':<22}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}  |{'warm p50':>9}"
+              f"{'p95':>7}{'p99':>7}  {'median hits':>11}")
         for name, runs in sets.items():
-            ms, totals = timed(reader, runs)
-            print(f"  {name:<22}{percentile(ms, 50):9.1f}{percentile(ms, 95):9.1f}{percentile(ms, 99):9.1f}"
-                  f"{ms[-1]:9.1f}{statistics.median(totals):13,.0f}")
+            cold, totals = timed(reader, runs)
+            warm, _ = timed(reader, runs)
+            print(f"  {name:<22}{percentile(cold, 50):8.1f}{percentile(cold, 95):8.1f}{percentile(cold, 99):8.1f}"
+                  f"{cold[-1]:8.1f}  |{percentile(warm, 50):9.1f}{percentile(warm, 95):7.1f}"
+                  f"{percentile(warm, 99):7.1f}  {statistics.median(totals):11,.0f}", flush=True)
 
 
 def file_size(path: str) -> int:

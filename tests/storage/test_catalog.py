@@ -236,6 +236,27 @@ def test_begin_then_finish_fills_every_column(catalog: Catalog) -> None:
     assert ids(catalog.search("pbx.bank")) == ["r1"]
 
 
+def test_the_key_stored_at_begin_survives_a_finish_without_one(catalog: Catalog) -> None:
+    meta = metadata("r1")
+    catalog.begin_recording("r1", meta["call_id"], T0, meta, kek_id="kek-1", wrapped_key=b"k" * 61, key_id="aa")
+    catalog.finish_recording("r1", meta, {}, None, None, None, state="partial", partial_note="recorder crash")
+    key = catalog.get_key("r1")
+    assert (key.kek_id, key.key_id, key.wrapped_key) == ("kek-1", "aa", b"k" * 61)
+    assert catalog.get("r1").recording.partial_note == "recorder crash"
+
+
+def test_abandon_removes_an_active_recording_and_its_index_entries(catalog: Catalog) -> None:
+    meta = metadata("r1")
+    catalog.begin_recording("r1", meta["call_id"], T0, meta)
+    assert ids(catalog.search("30123")) == ["r1"]
+    catalog.abandon_recording("r1")
+    assert catalog.get("r1") is None and ids(catalog.search("30123")) == []
+    store(catalog, "r2")
+    with pytest.raises(CatalogError, match="complete, not active"):
+        catalog.abandon_recording("r2")
+    assert catalog.integrity_check() == "ok"
+
+
 def test_row_json_has_a_stable_key_order_and_iso_times(catalog: Catalog) -> None:
     store(catalog, "r1")
     data = catalog.search(None).rows[0].to_dict()
