@@ -19,7 +19,7 @@ from recorderd.config import ConfigError, load
 from storage.audit import verify_chain
 from storage.catalog import RecordingRow
 from storage.keys import KeyStore
-from storage.masking import mask_number
+from storage.masking import mask_number, mask_uri
 from storage.recordingsink import resolve_path
 from storage.vault import VaultError, VaultReader
 
@@ -108,9 +108,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _masked(row: dict[str, Any], unmask: bool) -> dict[str, Any]:
     if unmask:
         return row
-    for key in ("caller", "callee", "caller_uri", "callee_uri"):
+    for key in ("caller", "callee"):
         if row.get(key):
             row[key] = mask_number(row[key])
+    for key in ("caller_uri", "callee_uri"):   # the user part only: hosts keep their digits
+        if row.get(key):
+            row[key] = mask_uri(row[key])
     return row
 
 

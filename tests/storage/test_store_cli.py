@@ -327,3 +327,9 @@ def test_one_recorder_writes_a_vault_at_a_time(tmp_path: Path) -> None:
             pass
     with open_appliance(config, warnings=None):                       # released on close
         pass
+
+
+def test_masked_uris_keep_their_host(appliance: Path, capsys: pytest.CaptureFixture) -> None:
+    row = run_json(appliance, capsys, "search", "25672@192.168.105.110")["rows"][0]
+    user, _, host = row["caller_uri"].partition("@")
+    assert "*" in user and "*" not in host and host.startswith("192.168.105.")
