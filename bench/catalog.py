@@ -18,7 +18,7 @@ weights plus banking words). The metadata JSON is a compact stand-in (~300 bytes
 contract document.
 
 Searches go through storage.catalog.CatalogReader.search (newest first, page of 50, total
-counted up to 10,000) on a read-only connection, after a few warm-up queries:
+counted up to the catalog's default count_limit) on a read-only connection, after a few warm-up queries:
 number substring (4-8 digits cut from a random customer's number), keyword (a word of the
 transcripts, drawn uniformly from the vocabulary), date range (30 days) + agent, paged listing
 (pages 1-20 of everything), Call-ID (whole), keyword + agent (what an agent's own search looks
@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage.catalog import Catalog, CatalogReader  # noqa: E402
+from storage.catalog import DEFAULT_COUNT_LIMIT, Catalog, CatalogReader  # noqa: E402
 
 FIVE_YEARS = 5 * 365 * 86400.0
 END_OF_DATA = 1_735_689_600.0  # 2025-01-01T00:00:00Z: fixed so that runs are comparable
@@ -242,17 +242,17 @@ def report_searches(path: str, seed: int, n: int) -> None:
         sets = query_sets(reader, seed, n)
         for kwargs in [s[0] for s in sets.values()] * 3:  # warm-up: schema, first pages
             reader.search(**kwargs)
-        print(f"\nsearches ({n} of each; newest first, page of 50, total counted up to 10,000).")
+        print(f"\nsearches ({n} of each; newest first, page of 50, total counted up to {DEFAULT_COUNT_LIMIT:,}).")
         print("first pass: each query once, pages as the OS cache has them (the catalog may not fit")
         print("in RAM); second pass: the same queries again, warm.")
         print(f"  {'search':<22}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}  |{'warm p50':>9}"
-              f"{'p95':>7}{'p99':>7}  {'median hits':>11}")
+              f"{'p95':>7}{'p99':>7}  {'median total':>13}")
         for name, runs in sets.items():
             cold, totals = timed(reader, runs)
             warm, _ = timed(reader, runs)
             print(f"  {name:<22}{percentile(cold, 50):8.1f}{percentile(cold, 95):8.1f}{percentile(cold, 99):8.1f}"
                   f"{cold[-1]:8.1f}  |{percentile(warm, 50):9.1f}{percentile(warm, 95):7.1f}"
-                  f"{percentile(warm, 99):7.1f}  {statistics.median(totals):11,.0f}", flush=True)
+                  f"{percentile(warm, 99):7.1f}  {statistics.median(totals):13,.0f}", flush=True)
 
 
 def file_size(path: str) -> int:
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.reuse:
         for suffix in ("", "-wal", "-shm"):
             Path(args.path + suffix).unlink(missing_ok=True)
-    print(f"catalog {args.path}: building {args.count:,} recordings (chunks of {args.chunk:,}, "
-          f"budget {args.budget:.0f} s)", flush=True)
+    print(f"catalog {args.path}: {'completing to' if args.reuse else 'building'} {args.count:,} recordings "
+          f"(chunks of {args.chunk:,}, budget {args.budget:.0f} s)", flush=True)
     inserted, seconds = build(args.path, args.count, args.chunk, args.seed, args.budget)
     with CatalogReader(args.path) as reader:
         rows = reader.conn.execute("SELECT count(*) FROM recordings").fetchall()[0][0]

@@ -37,8 +37,8 @@ Each word of the query (text in double quotes is one phrase) is matched as a sub
 Results are newest first by default. ``recordings.id`` is the start time in milliseconds, so
 "newest first", date ranges and pages are rowid ranges, and an FTS index (whose rowid is the
 same id) can drive the query in time order and stop after the page. ``total`` is exact up to
-``count_limit`` (10,000); above it ``total_exact`` is False and ``total == count_limit`` (a
-"10,000+" in a user interface): counting every match of a term found in millions of rows would
+``count_limit`` (1,000 by default; None counts everything); above it ``total_exact`` is False and
+``total == count_limit`` (show "1,000+"): counting every match of a term found in millions of rows would
 cost seconds for no use.
 
 JSON
@@ -94,7 +94,7 @@ T = TypeVar("T")
 
 DEFAULT_AGENT_HEADER = "X-Agent-ID"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-DEFAULT_COUNT_LIMIT = 10_000
+DEFAULT_COUNT_LIMIT = 1_000
 READER_CACHE_MB = 32
 FINISHED_STATES = ("complete", "partial")
 # trigram tokenizer: FTS5 cannot match a string shorter than three characters
@@ -655,12 +655,12 @@ class _Plan:
     """A search as SQL: FTS5 queries, a rowid (= start time) range, and filters on ``recordings r``.
 
     ``fts`` maps an FTS table (``search_numbers``, ``search_fts``) to the expressions ANDed in
-    its MATCH. Two shapes (see :meth:`from_where`): with FTS expressions, one FTS index drives
-    (the numbers index if used: it is the more selective), newest first by its rowid, stopping
-    after the page — a term found in millions of rows costs no more than a rare one — and any
-    other FTS table is probed per candidate row. With ``index_first`` (an agent or an exact
-    Call-ID: few rows, reachable by an index) or without FTS, ``recordings`` drives through its
-    rowid or an index and the FTS matches (within the time range) are a set to test against.
+    its MATCH. With FTS expressions, one FTS index drives (the numbers index if used: it is the
+    more selective), newest first by its rowid, within the time range, stopping after the page:
+    a term found in millions of rows costs no more than a rare one. Another FTS table is probed
+    per candidate. Filters on ``recordings`` are checked per match through a join, or, with
+    ``index_first`` (an agent or an exact Call-ID: few rows, reachable by an index), as a set of
+    ids built once. Without FTS, ``recordings`` drives through its rowid or an index.
     """
 
     fts: dict[str, list[str]] = field(default_factory=dict)
@@ -703,12 +703,6 @@ class _Plan:
             params.append(self.hi)
         return clauses, params
 
-    def matches(self, table: str, expression: str) -> tuple[str, list[Any]]:
-        """SELECT of the rowids ``table`` matches within the time range."""
-        bounds, params = self._bounds("rowid")
-        return (f"SELECT rowid FROM {table} WHERE {table} MATCH ?" + "".join(f" AND {c}" for c in bounds),
-                [expression, *params])
-
     def _tables(self) -> list[tuple[str, str]]:
         """(table, MATCH expression), the driving one first."""
         order = sorted(self.fts, key=lambda t: t != "search_numbers")
@@ -720,29 +714,31 @@ class _Plan:
         ``rows=False`` (counting) skips the join when no filter needs ``recordings``.
         """
         tables = self._tables()
-        if tables and not self.index_first:
-            (driver, expression), probes = tables[0], tables[1:]
-            bounds, bound_params = self._bounds("f.rowid")
-            conditions = [f"f.{driver} MATCH ?", *bounds, *self.clauses]
-            params = [expression, *bound_params, *self.params]
-            for table, probe in probes:
-                conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = f.rowid)")
-                params.append(probe)
-            source = f"{driver} f"
-            if rows or self.clauses:
-                # CROSS JOIN keeps the FTS index as the outer loop (SQLite does not reorder it)
-                source += " CROSS JOIN recordings r ON r.id = f.rowid"
-            return f"FROM {source} WHERE {' AND '.join(conditions)}", params, "f.rowid"
-        conditions, params = self._bounds("r.id")
-        conditions, params = conditions + self.clauses, params + self.params
-        for table, expression in tables:
-            # FTS5 lists 100,000 matches in ~20 ms, but a MATCH per row costs ~0.5 ms (parse,
-            # then a seek per token and segment): test the rows against the set of matches
-            subquery, sub_params = self.matches(table, expression)
-            conditions.append(f"r.id IN ({subquery})")
-            params += sub_params
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        return f"FROM recordings r{where}", params, "r.id"
+        if not tables:
+            conditions, params = self._bounds("r.id")
+            where = " AND ".join([*conditions, *self.clauses])
+            return f"FROM recordings r{' WHERE ' + where if where else ''}", [*params, *self.params], "r.id"
+        (driver, expression), probes = tables[0], tables[1:]
+        conditions, params = self._bounds("f.rowid")
+        conditions, params = [f"f.{driver} MATCH ?", *conditions], [expression, *params]
+        for table, probe in probes:
+            conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = f.rowid)")
+            params.append(probe)
+        join = rows
+        if self.clauses and self.index_first:
+            # few rows through an index: build their id set once (SQLite adds a Bloom filter)
+            # and test each FTS match against it; ``+`` keeps SQLite from turning the IN list
+            # into one MATCH per id (~0.5 ms each: parse, then a seek per token and segment)
+            inner, inner_params = self._bounds("r.id")
+            conditions.append(f"+f.rowid IN (SELECT r.id FROM recordings r WHERE {' AND '.join([*inner, *self.clauses])})")
+            params += [*inner_params, *self.params]
+        elif self.clauses:
+            conditions += self.clauses
+            params += self.params
+            join = True
+        # CROSS JOIN keeps the FTS index as the outer loop (SQLite does not reorder it)
+        source = f"{driver} f" + (" CROSS JOIN recordings r ON r.id = f.rowid" if join else "")
+        return f"FROM {source} WHERE {' AND '.join(conditions)}", params, "f.rowid"
 
 
 def _order_sql(order_by: str, rowid: str) -> str:
