@@ -139,9 +139,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                                  "results": result.total, "unmasked": args.unmask})
     rows = [_public(row, args.unmask) for row in result.rows]
     if args.json:
-        print(json.dumps({"total": result.total, "rows": rows}, indent=2, ensure_ascii=False))
+        print(json.dumps({"total": result.total, "rows": rows, "total_exact": result.total_exact},
+                         indent=2, ensure_ascii=False))
         return EXIT_OK
-    print(f"{result.total} recording(s)")
+    print(f"{result.total}{'' if result.total_exact else '+'} recording(s)")
     for row in rows:
         print(f"{row['recording_id']}  {row['started_at']}  {row['caller'] or '-'} -> {row['callee'] or '-'}  "
               f"{row['duration_s'] or 0:.1f} s  {row['state']}  {','.join(row['tags'])}")
