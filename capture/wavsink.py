@@ -21,6 +21,7 @@ import numpy as np
 
 from capture.codecs import upsample_2x
 from capture.dialogs import Call
+from capture.fsutil import fsync_dir, write_atomic
 from capture.wavfile import WAV_HEADER_BYTES, wav_header
 
 READ_CHUNK_FRAMES = 1 << 16
@@ -40,27 +41,6 @@ def sync_and_publish(directory: Path, group: list[tuple[Path, Path]]) -> list[Pa
         os.replace(tmp, final)
     fsync_dir(directory)
     return [final for _, final in group if final.suffix == ".wav"]
-
-
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Temp file in the target directory, fsync, rename, fsync the directory (or leave that
-    to the caller, who syncs the directory once for many files)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def json_bytes(value: Any) -> bytes:
@@ -152,4 +132,5 @@ class WavDirectorySink:
         self.commit()
         self._wait_published()
         self.publisher.shutdown()
-        write_atomic(self.out_dir / "not-recorded.json", json_bytes(self.not_recorded_rows))
+        # plaintext forensic output: readable like the WAV files beside it
+        write_atomic(self.out_dir / "not-recorded.json", json_bytes(self.not_recorded_rows), mode=0o644)

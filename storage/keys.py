@@ -35,7 +35,7 @@ from Crypto.Protocol.KDF import scrypt
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from storage.fsutil import write_atomic
+from capture.fsutil import write_atomic
 
 DATA_KEY_BYTES = 32
 KEY_ID_BYTES = 16

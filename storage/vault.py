@@ -46,9 +46,9 @@ from typing import Any
 
 from Crypto.Cipher import AES
 
+from capture.fsutil import create_exclusive, fsync_dir, replace_atomic, write_all
 from capture.wavfile import WAV_HEADER_BYTES
 from capture.wavfile import wav_header as _canonical_wav_header
-from storage.fsutil import create_exclusive, fsync_dir, replace_atomic, write_all
 from storage.keys import data_key_id
 
 MAGIC = b"RDVAULT1"

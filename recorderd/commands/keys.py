@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from capture.fsutil import write_atomic
 from recorderd.appliance import Appliance, cli_actor
 from recorderd.commands.common import EXIT_OK, EXIT_PROBLEM, UsageError
 from recorderd.commands.store import ROLE, appliance_from
-from storage.fsutil import write_atomic
 
 ROTATE_BATCH = 200
 MIN_PASSPHRASE = 12

@@ -25,8 +25,8 @@ import pytest
 import soundfile
 from Crypto.Cipher import AES
 
+from capture.fsutil import write_all, write_atomic
 from capture.wavfile import wav_header as capture_wav_header
-from storage.fsutil import write_all, write_atomic
 from storage.keys import data_key_id, new_data_key
 from storage.vault import (
     FIXED,
