@@ -32,7 +32,7 @@ from capture.recording import call_identity, recording_metadata
 from capture.rtp import parse_rtp_headers
 from capture.sip import looks_like_sip, parse_sip
 from capture.srtp import SrtpReceiver, supported_suite
-from capture.streams import CallAudio, MediaStream
+from capture.streams import MediaStream
 from capture.tcpstream import SipTcpReassembler
 from capture.timeline import CallTimeline
 
@@ -60,7 +60,7 @@ class EngineSettings:
     min_flush_s: float = 0.0         # audio is handed to the sink in pieces of at least this
 
 
-class CallMedia(CallAudio):
+class CallMedia:
     """The audio side of one call: its timeline, streams, and the sink handle."""
 
     def __init__(self, call: Call, sink: RecordingSink, t0: float) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -39,13 +40,12 @@ class Gap:
     packets: int
 
 
-class CallAudio:
+class CallAudio(Protocol):
     """What a stream needs from its call: the timeline, and a way to raise the rate."""
 
     timeline: CallTimeline
 
-    def ensure_rate(self, rate: int) -> None:
-        raise NotImplementedError
+    def ensure_rate(self, rate: int) -> None: ...
 
 
 @dataclass(eq=False)

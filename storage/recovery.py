@@ -89,11 +89,11 @@ def _recover_one(catalog: Catalog, keys: KeyStore, vault_dir: Path, row: Recordi
                 info, frames = recover_partial(newest, data_key, final)
             else:   # the crash came after the vault file was closed, before the catalog commit
                 final, closed = newest, True
-                with VaultReader(final, data_key, rid) as reader:
-                    info = reader.verify()
-                    frames = reader.frames
+            with VaultReader(final, data_key, rid) as reader:
+                if closed:
+                    info, frames = reader.verify(), reader.frames
+                rate = reader.header.rate
             vault = {"path": stored_path(vault_dir, info.path), "size": info.size, "sha256": info.sha256}
-            rate = _rate_of(final, data_key, rid) or rate
         except VaultError:
             newest.unlink(missing_ok=True)   # cut inside its header: it held no audio
     kept = frames / rate if rate else 0.0
@@ -113,11 +113,3 @@ def _recover_one(catalog: Catalog, keys: KeyStore, vault_dir: Path, row: Recordi
                              key_row.kek_id if key_row else None, key_row.wrapped_key if key_row else None,
                              state="partial", partial_note=note)
     return Recovered(rid, kept, vault.get("path"), note)
-
-
-def _rate_of(path: Path, data_key: bytes, recording_id: str) -> int | None:
-    try:
-        with VaultReader(path, data_key, recording_id) as reader:
-            return reader.header.rate
-    except VaultError:
-        return None
