@@ -321,18 +321,20 @@ CREATE TABLE audit_checkpoints (
 
 # Migrations 3-7 are owned by one area each (console, exports, retention + backup, consent,
 # analysis); each area writes only its own constant.
-_V3_CONSOLE = "-- console: users, sessions, QA review"
+_V3_CONSOLE = "-- console: users, logins, sessions"
+_V3_QA = "-- QA review: assignments, rubric scores, cross-reviews"
 _V4_EXPORTS = "-- auditor export bundles"
-_V5_RETENTION = "-- retention rules, legal holds, tombstones, backup targets and runs, spool"
+_V5_RETENTION = "-- retention rules, legal holds, tombstones, spool imports"
+_V5_BACKUP = "-- backup targets and runs"
 _V6_CONSENT = "-- consent announcements"
 _V7_ANALYSIS = "-- transcripts, phrase hits, call metrics"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings, children, not_recorded, search index", _V1_RECORDINGS + _V1_SEARCH),
     Migration(2, "audit log and signed checkpoints", _V2_AUDIT),
-    Migration(3, "console: users, sessions, QA review", _V3_CONSOLE),
+    Migration(3, "console: users, sessions, QA review", _V3_CONSOLE + "\n" + _V3_QA),
     Migration(4, "auditor export bundles", _V4_EXPORTS),
-    Migration(5, "retention, legal holds, backup, spool", _V5_RETENTION),
+    Migration(5, "retention, legal holds, backup, spool", _V5_RETENTION + "\n" + _V5_BACKUP),
     Migration(6, "consent announcements", _V6_CONSENT),
     Migration(7, "transcripts and analytics", _V7_ANALYSIS),
 )
