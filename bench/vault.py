@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storage.keys import new_data_key  # noqa: E402
-from storage.vault import DEFAULT_SEGMENT_SIZE, VaultReader, VaultWriter, seal_parts  # noqa: E402
+from storage.vault import DEFAULT_SEGMENT_SIZE, VaultReader, VaultWriter, seal_segment  # noqa: E402
 
 CHUNK = 1 << 20
 MB = 1e6
@@ -100,7 +100,7 @@ def seal_in_memory(size: int, key: bytes) -> None:
     segment = os.urandom(DEFAULT_SEGMENT_SIZE)
     prefix = os.urandom(7)
     for counter in range(size // DEFAULT_SEGMENT_SIZE):
-        seal_parts(key, prefix, counter, False, b"rec-bench", segment)
+        seal_segment(key, prefix, counter, False, b"rec-bench", segment)
 
 
 def remove(*paths: Path) -> None:

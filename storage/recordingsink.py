@@ -116,7 +116,7 @@ class VaultSink:
     def close(self, handle: VaultHandle, metadata: dict[str, Any]) -> None:
         self.open_handles.pop(handle.call.recording_id, None)
         info = handle.writer.close()
-        vault = {"path": stored_path(self.vault_dir, info.path), "size": info.size, "sha256": info.sha256}
+        vault = {"path": stored_path(self.vault_dir, info.path), "size": info.size, "sha256": info.digest}
         rid = handle.call.recording_id
         partial = metadata.get("partial_reason")
         self.catalog.finish_recording(rid, metadata, vault, handle.key_id.hex(), handle.kek_id, handle.wrapped,

@@ -93,7 +93,7 @@ def _recover_one(catalog: Catalog, keys: KeyStore, vault_dir: Path, row: Recordi
                 if closed:
                     info, frames = reader.verify(), reader.frames
                 rate = reader.header.rate
-            vault = {"path": stored_path(vault_dir, info.path), "size": info.size, "sha256": info.sha256}
+            vault = {"path": stored_path(vault_dir, info.path), "size": info.size, "sha256": info.digest}
         except VaultError:
             newest.unlink(missing_ok=True)   # cut inside its header: it held no audio
     kept = frames / rate if rate else 0.0

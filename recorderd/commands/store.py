@@ -239,7 +239,7 @@ def verify_vault(app: Appliance) -> tuple[int, list[str]]:
                 key = _data_key(app, row.recording_id)
                 with VaultReader(path, key, row.recording_id) as vault:
                     info = vault.verify()
-                if row.vault_sha256 and info.sha256 != row.vault_sha256:
+                if row.vault_sha256 and info.digest != row.vault_sha256:
                     problems.append(f"{row.recording_id}: {row.vault_path}: SHA-256 differs from the catalog")
             except (VaultError, ValueError, KeyError, OSError) as err:
                 problems.append(f"{row.recording_id}: {row.vault_path}: {err}")

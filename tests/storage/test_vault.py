@@ -99,15 +99,24 @@ def segment_named(exc: VaultError) -> int:
 
 # --- round trips ------------------------------------------------------------------------
 
+def skeleton_digest(data: bytes, header_len: int, stored_size: int) -> str:
+    """The documented file digest, computed independently: SHA-256(header || every segment's tag)."""
+    digest = hashlib.sha256(data[:header_len])
+    for start in range(header_len, len(data), stored_size):
+        digest.update(data[start:start + stored_size][-16:])
+    return digest.hexdigest()
+
+
 @pytest.mark.parametrize("size", [0, 1, 4, SEG - 1, SEG, SEG + 1, 3 * SEG, 7 * SEG + 5])
 def test_round_trip_small_segments(tmp_path: Path, key: tuple[bytes, bytes], size: int) -> None:
     pcm = pcm_bytes(size, seed=size)
     info = write_vault(tmp_path / "a.vault", key, pcm, seed=size)
     assert info.segments == size // SEG + 1  # full segments sealed as they fill, then the final one
     assert info.frames == size // 4 and not info.partial
-    assert info.sha256 == hashlib.sha256((tmp_path / "a.vault").read_bytes()).hexdigest()
     assert info.size == (tmp_path / "a.vault").stat().st_size
     with VaultReader(tmp_path / "a.vault", key[0], RID) as reader:
+        assert info.digest == skeleton_digest((tmp_path / "a.vault").read_bytes(), reader.header.header_len,
+                                              reader.header.stored_segment_size)
         assert reader.pcm_size == size and reader.frames == size // 4
         assert reader.read_pcm(0, size + 10) == pcm
         assert b"".join(reader.iter_pcm(chunk=3 * SEG)) == pcm
@@ -122,7 +131,7 @@ def test_round_trip_default_segments(tmp_path: Path, key: tuple[bytes, bytes], s
     with VaultReader(tmp_path / "a.vault", key[0], RID) as reader:
         assert reader.header.segment_size == 65536
         assert b"".join(reader.iter_pcm()) == pcm
-        assert reader.verify().sha256 == info.sha256
+        assert reader.verify().digest == info.digest
 
 
 def test_random_access_equals_plaintext_slices(tmp_path: Path, key: tuple[bytes, bytes]) -> None:
