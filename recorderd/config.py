@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "daemon": {
         "queue_batches": Setting(int, 1024, 8, 1_000_000),
         "idle_tick_s": Setting(float, 0.1, 0.01, 10.0),
+        "batch_window_s": Setting(float, 0.2, 0.0, 1.0),
         "stage_max_age_s": Setting(float, 10.0, 1.0, 600.0),
         "min_free_mb": Setting(int, 512, 0, 10_000_000),
         "resume_free_mb": Setting(int, 1024, 0, 10_000_000),
@@ -61,7 +62,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
         "live_segment_kib": Setting(int, 8, 4, 1024),
-        "live_fsync_segments": Setting(int, 16, 0, 100_000),
+        "sync_interval_s": Setting(float, 1.0, 0.0, 60.0),
     },
     "audit": {
         "checkpoint_every": Setting(int, 100, 1, 1_000_000),

@@ -6,6 +6,9 @@ Threads:
   in the engine thread);
 - the engine thread: batches → CaptureEngine → VaultSink (vault + catalog); with no packets
   it advances on the wall clock (timeouts, flushes); it also watches the disk floor;
+- the vault-sync thread: one syncfs() of the vault's filesystem every storage.sync_interval_s,
+  so live audio reaches the disk within about a second without an fsync per call in the
+  engine thread;
 - the watchdog thread: WATCHDOG=1 only while every stage's heartbeat is fresh;
 - the metrics server (localhost).
 SIGTERM finishes every open call and stops within the stop timeout; SIGHUP reloads the log
@@ -14,6 +17,7 @@ level and the disk thresholds.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -30,7 +34,7 @@ from capture.bpf import DEFAULT_FILTER, compile_filter
 from capture.engine import CaptureEngine
 from capture.pcapio import FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
-from recorderd.config import engine_settings, load
+from recorderd.config import ConfigError, engine_settings, load
 from recorderd.logsetup import configure_logging
 from recorderd.metrics import Metric, MetricsServer
 from recorderd.sdnotify import Heartbeats, Notifier, WatchdogThread
@@ -40,6 +44,7 @@ log = logging.getLogger("recorderd.daemon")
 MIB = 1 << 20
 QUEUE_POLL_S = 0.05
 MERGE_BYTES = 16 << 20     # at most this much captured data per engine batch
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -95,6 +100,10 @@ class Daemon:
 
     def start(self) -> None:
         daemon_cfg, capture_cfg = self.config["daemon"], self.config["capture"]
+        sync_interval = self.config["storage"]["sync_interval_s"]
+        if sync_interval >= daemon_cfg["stage_max_age_s"]:
+            raise ConfigError(f"storage.sync_interval_s: {sync_interval} must be shorter than "
+                              f"daemon.stage_max_age_s ({daemon_cfg['stage_max_age_s']}), or the watchdog starves")
         configure_logging(daemon_cfg["log_level"])
         self.appliance = open_appliance(self.config)
         for rec in self.appliance.recovered:
@@ -102,7 +111,7 @@ class Daemon:
         sink = VaultSink(self.appliance.vault_dir, self.appliance.keys, self.appliance.catalog,
                          self.appliance.audit, actor="recorderd",
                          segment_size=self.config["storage"]["live_segment_kib"] * 1024,
-                         fsync_every_segments=self.config["storage"]["live_fsync_segments"])
+                         fsync_every_segments=0)   # the vault-sync thread makes live audio durable
         self.engine = CaptureEngine(sink, engine_settings(self.config))
         self.disk = DiskGuard(self.appliance.vault_dir, daemon_cfg["min_free_mb"] * MIB,
                               daemon_cfg["resume_free_mb"] * MIB)
@@ -112,8 +121,10 @@ class Daemon:
         for interface in capture_cfg["interfaces"]:
             self.captures.append(LiveCapture(interface, bpf=program, promiscuous=capture_cfg["promiscuous"],
                                              ring=ring))
-        stages = [f"capture:{c}" for c in capture_cfg["interfaces"]] + ["engine"]
+        stages = [f"capture:{c}" for c in capture_cfg["interfaces"]] + ["engine"] + (["vault-sync"] if sync_interval else [])
         self.heartbeats = Heartbeats(stages, daemon_cfg["stage_max_age_s"])
+        if sync_interval:
+            self._spawn("vault-sync", self._sync_loop, sync_interval)
         for name, capture in zip(capture_cfg["interfaces"], self.captures, strict=True):
             self._spawn(f"capture-{name}", self._capture_loop, name, capture)
         self._spawn("engine", self._engine_loop)
@@ -150,14 +161,29 @@ class Daemon:
             if self.stop_event.is_set():
                 break
 
+    def _sync_loop(self, interval: float) -> None:
+        """syncfs(2) of the vault's filesystem every `interval` s: data and metadata of every
+        live call's file reach the disk in one system call (ctypes releases the GIL)."""
+        assert self.appliance is not None and self.heartbeats is not None
+        fd = os.open(self.appliance.vault_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            while not self.stop_event.wait(interval):
+                if _LIBC.syncfs(fd) != 0:
+                    log.error("syncfs of the vault failed: %s", os.strerror(ctypes.get_errno()))
+                    continue   # no heartbeat: a filesystem that cannot sync stops the watchdog
+                self.heartbeats.beat("vault-sync")
+        finally:
+            os.close(fd)
+
     def _engine_loop(self) -> None:
         assert self.engine is not None and self.heartbeats is not None and self.disk is not None
         idle_tick = self.config["daemon"]["idle_tick_s"]
         last_tick = last_disk = 0.0
+        window = self.config["daemon"]["batch_window_s"]
         while not (self.stop_event.is_set() and self.queue.empty()):
             try:
                 batch = self.queue.get(timeout=QUEUE_POLL_S)
-                self.engine.feed(self._with_backlog(batch))
+                self.engine.feed(self._with_backlog(batch, time.monotonic() + window))
             except queue.Empty:
                 pass
             now = time.time()
@@ -170,15 +196,16 @@ class Daemon:
                 last_disk = now
             self.heartbeats.beat("engine")
 
-    def _with_backlog(self, batch: FrameBatch) -> FrameBatch:
-        """Adaptive batching: blocks that queued up while the engine worked are merged into
-        one batch (up to MERGE_BYTES), so the per-stream cost of a batch is paid once for all of
-        them — exactly when the load is high. Blocks of another link type wait their turn."""
+    def _with_backlog(self, batch: FrameBatch, deadline: float) -> FrameBatch:
+        """Batching: blocks that queued up while the engine worked, and those arriving until
+        `deadline` (daemon.batch_window_s), are merged into one batch (up to MERGE_BYTES), so
+        the per-stream cost of a batch is paid once for all of them. Blocks of another link
+        type wait their turn."""
         assert self.engine is not None
         merged, size = [batch], len(batch.buf)
-        while size < MERGE_BYTES:
+        while size < MERGE_BYTES and not self.stop_event.is_set():
             try:
-                nxt = self.queue.get_nowait()
+                nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if nxt.linktype != batch.linktype:

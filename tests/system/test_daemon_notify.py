@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from recorderd import daemon as daemon_module
 from recorderd.cli import main
 from recorderd.daemon import Daemon
 
@@ -54,6 +55,7 @@ def test_ready_watchdog_status_stall_and_stopping(tmp_path: Path, monkeypatch: p
     config = tmp_path / "box" / "recorderd.toml"
     text = config.read_text().replace('metrics_listen = "127.0.0.1:9464"', 'metrics_listen = "off"')
     text = text.replace("stage_max_age_s = 10.0", "stage_max_age_s = 1.0")
+    text = text.replace("sync_interval_s = 1.0", "sync_interval_s = 0.2")
     text = text.replace("min_free_mb = 512", "min_free_mb = 0").replace("resume_free_mb = 1024", "resume_free_mb = 0")
     config.write_text(text)
     supervisor = Supervisor(tmp_path / "notify.sock")
@@ -89,6 +91,31 @@ def test_ready_watchdog_status_stall_and_stopping(tmp_path: Path, monkeypatch: p
         resumed_from = time.monotonic()
         time.sleep(1.5)
         assert supervisor.pings_between(resumed_from, time.monotonic()) >= 2, "pings resume"
+
+        # the vault-sync stage: syncfs(2) of the vault runs every sync_interval_s, and a
+        # filesystem that cannot sync (a stuck disk) stops the pings as well
+        syncs: list[int] = []
+        unstick = threading.Event()
+
+        class StuckDisk:
+            def syncfs(self, fd: int) -> int:
+                syncs.append(fd)
+                unstick.wait(30)
+                return int(real_libc.syncfs(fd))
+
+        real_libc = daemon_module._LIBC
+        monkeypatch.setattr(daemon_module, "_LIBC", StuckDisk())
+        time.sleep(2.0)
+        stuck_from = time.monotonic()
+        time.sleep(1.5)
+        assert len(syncs) == 1, "the sync thread called syncfs and is stuck in it"
+        assert supervisor.pings_between(stuck_from, time.monotonic()) == 0, "pings stop while the disk is stuck"
+        monkeypatch.setattr(daemon_module, "_LIBC", real_libc)
+        unstick.set()
+        time.sleep(1.0)
+        synced_from = time.monotonic()
+        time.sleep(1.5)
+        assert supervisor.pings_between(synced_from, time.monotonic()) >= 2, "pings resume after the sync"
     finally:
         daemon.stop()
         time.sleep(0.3)
