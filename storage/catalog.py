@@ -74,6 +74,9 @@ import apsw
 
 from capture.recording import iso_utc
 from storage.migrations import (
+    AGENT_MARKER_BASE,
+    AGENT_MARKER_END,
+    AGENT_MARKER_SPAN,
     MIGRATIONS,
     NUMBER_GRAM_SIZES,
     CatalogError,
@@ -619,6 +622,13 @@ def _fts_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def agent_marker(n: int) -> str:
+    """The three-character token of agent number `n` in the search index (storage/migrations.py,
+    agent_marker_sql: the same formula in SQL)."""
+    return (chr(AGENT_MARKER_BASE + n % AGENT_MARKER_SPAN)
+            + chr(AGENT_MARKER_BASE + (n // AGENT_MARKER_SPAN) % AGENT_MARKER_SPAN) + chr(AGENT_MARKER_END))
+
+
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -897,8 +907,15 @@ class CatalogReader:
                 plan.add_match("search_fts", f"tags : {_fts_phrase(tag)}")
             plan.add("EXISTS (SELECT 1 FROM tags t WHERE t.recording_id = r.recording_id "
                      "AND t.tag = ? COLLATE NOCASE)", tag)
-        # one agent's calls are few: walk them (agent index, in time order) and test each
-        plan.index_first = plan.index_first or agent_id is not None
+        if agent_id is not None and "search_fts" in plan.fts:
+            # text and an agent: the agent's marker joins the FTS query, which then intersects
+            # the agent's doclist with the text's (the agent_id clause stays, to be exact)
+            marker = self._query("SELECT n FROM agent_markers WHERE agent_id = ?", (agent_id,))
+            if marker:
+                plan.add_match("search_fts", f"parties : {_fts_phrase(agent_marker(int(marker[0][0])))}")
+        elif agent_id is not None:
+            # one agent's calls are few: walk them (agent index, in time order) and test each
+            plan.index_first = True
         return plan
 
     def _is_call_id(self, term: str) -> bool:
@@ -1108,6 +1125,9 @@ class Catalog:
             conn.executemany("INSERT OR IGNORE INTO tags (recording_id, tag) VALUES (?, ?)", tag_rows)
             conn.executemany("INSERT INTO transcripts (recording_id, text) VALUES (?, ?) "
                              "ON CONFLICT(recording_id) DO UPDATE SET text = excluded.text", transcript_rows)
+            conn.execute("INSERT OR IGNORE INTO agent_markers (agent_id) SELECT DISTINCT agent_id FROM recordings "
+                         "WHERE recording_id IN (SELECT value FROM json_each(?)) AND agent_id IS NOT NULL",
+                         (_dumps(sorted(imported)),))
             conn.execute("INSERT INTO search_fts (rowid, parties, tags, notes, transcript) "
                          "SELECT id, parties, tags, notes, transcript FROM search_docs "
                          "WHERE recording_id IN (SELECT value FROM json_each(?))", (_dumps(sorted(imported)),))

@@ -329,6 +329,69 @@ _V5_BACKUP = "-- backup targets and runs"
 _V6_CONSENT = "-- consent announcements"
 _V7_ANALYSIS = "-- transcripts, phrase hits, call metrics"
 
+# An agent's recordings in the trigram index: each agent id gets a number n (agent_markers)
+# and a marker of exactly three private-use characters, one trigram token that no text
+# contains; the marker is part of the recording's `parties` document. "keyword AND agent" is
+# then one FTS5 query that intersects two doclists (seeking through the keyword's), instead of
+# walking every recording with the keyword and testing its agent (p95 107 ms at 10 M).
+AGENT_MARKER_BASE = 0xE000     # first two characters: U+E000 .. U+F7FF (6,144 each)
+AGENT_MARKER_SPAN = 6144
+AGENT_MARKER_END = 0xF8FF      # third character, outside that range
+
+
+def agent_marker_sql(n: str) -> str:
+    """SQL expression of the marker of agent number `n` (see agent_marker in storage/catalog.py)."""
+    return (f"char({AGENT_MARKER_BASE} + ({n}) % {AGENT_MARKER_SPAN}, "
+            f"{AGENT_MARKER_BASE} + (({n}) / {AGENT_MARKER_SPAN}) % {AGENT_MARKER_SPAN}, {AGENT_MARKER_END})")
+
+
+_PARTIES_WITH_AGENT = f"""concat_ws(' ', {_PARTIES},
+        (SELECT {agent_marker_sql('m.n')} FROM agent_markers m WHERE m.agent_id = r.agent_id))"""
+_TRANSCRIPT_DOC = "(SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id)"
+_MARK_AGENT = ("INSERT OR IGNORE INTO agent_markers (agent_id) SELECT NEW.agent_id "
+               "WHERE NEW.agent_id IS NOT NULL;")
+
+_V8_AGENT_MARKERS = f"""
+CREATE TABLE agent_markers (
+    n        INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL UNIQUE
+);
+INSERT INTO agent_markers (agent_id)
+SELECT DISTINCT agent_id FROM recordings WHERE agent_id IS NOT NULL ORDER BY agent_id;
+
+DROP VIEW search_docs;
+CREATE VIEW search_docs AS
+SELECT r.id AS id,
+       r.recording_id AS recording_id,
+       {_PARTIES_WITH_AGENT} AS parties,
+       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
+       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
+       {_TRANSCRIPT_DOC} AS transcript,
+       {_NUMBER_GRAMS} AS numbers
+FROM recordings r;
+
+DROP TRIGGER recordings_fts_insert;
+CREATE TRIGGER recordings_fts_insert AFTER INSERT ON recordings {_UNLESS_BULK} BEGIN
+    {_MARK_AGENT}
+    {_refresh_doc('id', 'NEW.id')}
+    {_index_numbers('NEW.id')}
+END;
+DROP TRIGGER recordings_fts_update;
+CREATE TRIGGER recordings_fts_update
+AFTER UPDATE OF id, caller, callee, caller_uri, callee_uri, call_id, agent_id ON recordings {_UNLESS_BULK} BEGIN
+    {_MARK_AGENT}
+    DELETE FROM search_fts WHERE rowid = OLD.id;
+    DELETE FROM search_numbers WHERE rowid = OLD.id;
+    {_refresh_doc('id', 'NEW.id')}
+    {_index_numbers('NEW.id')}
+END;
+
+-- every document again, now with its agent's marker
+INSERT INTO search_fts (search_fts) VALUES ('delete-all');
+INSERT INTO search_fts (rowid, parties, tags, notes, transcript)
+SELECT id, parties, tags, notes, transcript FROM search_docs;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings, children, not_recorded, search index", _V1_RECORDINGS + _V1_SEARCH),
     Migration(2, "audit log and signed checkpoints", _V2_AUDIT),
@@ -337,6 +400,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "retention, legal holds, backup, spool", _V5_RETENTION + "\n" + _V5_BACKUP),
     Migration(6, "consent announcements", _V6_CONSENT),
     Migration(7, "transcripts and analytics", _V7_ANALYSIS),
+    Migration(8, "agent markers in the search index", _V8_AGENT_MARKERS),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
