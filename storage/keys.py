@@ -375,7 +375,15 @@ class KeyStore:
         """Every KEK id, oldest first."""
         return sorted(self._keks)
 
+    def reload(self) -> None:
+        """Read the key directory again: KEKs made (rotation, retention's month KEKs) or
+        destroyed (crypto-shredding) by another process since this store was opened."""
+        self._keks = self._load_keks(check_key_dir(self.directory))
+        self.active_kek_id = self._load_active()
+
     def _kek(self, kek_id: str) -> bytes:
+        if kek_id not in self._keks:
+            self.reload()   # a long-running console or daemon meets a KEK made after it started
         if kek_id not in self._keks:
             raise KeyDirError(self.directory / f"kek-{kek_id}.key", f"no KEK with id {kek_id!r} in the key directory")
         return self._keks[kek_id]

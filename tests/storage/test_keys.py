@@ -167,6 +167,24 @@ def test_rotation_keeps_old_keks_and_rewraps(store: KeyStore) -> None:
     assert reopened.unwrap(new_id, rewrapped, RID) == reopened.unwrap(old_id, blob, RID) == data_key
 
 
+def test_a_store_opened_earlier_finds_keks_made_and_forgets_keks_destroyed_since(store: KeyStore) -> None:
+    """The console keeps one KeyStore for days: rotation or retention in another process makes
+    and destroys KEKs meanwhile."""
+    long_running = KeyStore(store.directory)
+    data_key, _ = new_data_key()
+    old_id = store.active_kek_id
+    new_id = store.new_kek()
+    _, blob = store.wrap(data_key, RID, new_id)
+    assert long_running.unwrap(new_id, blob, RID) == data_key   # reloaded on the unknown id
+    assert long_running.active_kek_id == new_id
+    (store.directory / f"kek-{new_id}.key").unlink()            # crypto-shredded elsewhere
+    (store.directory / "active-kek").write_text(old_id)
+    long_running.reload()
+    assert new_id not in long_running.kek_ids()
+    with pytest.raises(KeyDirError, match="no KEK with id"):
+        long_running.unwrap(new_id, blob, RID)
+
+
 # --- signing ------------------------------------------------------------------------------
 
 def test_sign_and_verify(store: KeyStore, tmp_path: Path) -> None:
