@@ -364,7 +364,7 @@ class CaptureEngine:
             return
         metadata = recording_metadata(
             call, streams, started_at=t.t0, frames=media.frames, rate=t.rate,
-            late_samples=t.late_samples, encrypted=media.encrypted, decodable=not media.undecryptable)
+            late_samples=t.late_samples, refused_samples=t.refused_samples, encrypted=media.encrypted, decodable=not media.undecryptable)
         if partial_reason:
             metadata["partial"] = True
             metadata["partial_reason"] = partial_reason

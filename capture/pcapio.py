@@ -106,6 +106,24 @@ class FrameBatch:
             yield ts, view[start : start + length]
 
 
+# The engine holds a call's audio in memory only for the jitter window and refuses writes
+# far ahead of what it flushed (capture/timeline.py MAX_SPAN_S): it must see capture time
+# advance in steps. A batch never spans more than this much capture time.
+MAX_BATCH_SPAN_S = 5.0
+
+
+def split_by_time(batch: FrameBatch, max_span_s: float = MAX_BATCH_SPAN_S) -> list[FrameBatch]:
+    """`batch` cut into consecutive batches of at most `max_span_s` of capture time each
+    (sharing its buffer). Timestamps that step back stay with the batch they arrive in."""
+    if len(batch) < 2 or float(batch.ts[-1] - batch.ts[0]) <= max_span_s and bool(np.all(np.diff(batch.ts) >= 0)):
+        return [batch]
+    reached = np.maximum.accumulate(batch.ts)
+    slot = np.floor((reached - reached[0]) / max_span_s).astype(np.int64)
+    cuts = [0, *(np.flatnonzero(np.diff(slot)) + 1).tolist(), len(batch)]
+    return [FrameBatch(batch.linktype, batch.buf, batch.offsets[a:b], batch.lengths[a:b], batch.ts[a:b])
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def merge_batches(batches: list[FrameBatch]) -> FrameBatch:
     """Several batches of one link type as one (their buffers joined, offsets shifted)."""
     if len(batches) == 1:
@@ -565,7 +583,8 @@ class CaptureReader:
         raise ParseError("capture.unknown_format", f"{self.path}: magic {magic.hex()}")
 
     def batches(self) -> Iterator[FrameBatch]:
-        """Yield the file's frames batch by batch (one batch per read chunk and link type)."""
+        """Yield the file's frames batch by batch (per read chunk and link type, and at most
+        MAX_BATCH_SPAN_S of capture time each)."""
         parser = _PcapParser(self.errors) if self.format == "pcap" else _PcapngParser(self.errors)
         self.packets = 0
         self.bytes_read = 0
@@ -579,7 +598,7 @@ class CaptureReader:
                 result = parser.parse(buf, final)
                 for batch in result.batches:
                     self.packets += len(batch)
-                    yield batch
+                    yield from split_by_time(batch)
                 if final or result.stop:
                     return
                 pending = buf[result.consumed :]

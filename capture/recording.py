@@ -56,7 +56,8 @@ def call_identity(call: Call) -> dict[str, Any]:
 
 
 def recording_metadata(call: Call, streams: list[MediaStream], *, started_at: float, frames: int,
-                       rate: int, late_samples: int, encrypted: bool, decodable: bool) -> dict[str, Any]:
+                       rate: int, late_samples: int, encrypted: bool, decodable: bool,
+                       refused_samples: int = 0) -> dict[str, Any]:
     audio_codecs = sorted({c for s in streams for c in s.codecs} - {"telephone-event", "cn"})
     events = sorted((d for s in streams for d in s.dtmf.values()), key=lambda d: d.offset_s)
     dtmf = [d for d in events if len(d.digit) == 1]
@@ -80,6 +81,8 @@ def recording_metadata(call: Call, streams: list[MediaStream], *, started_at: fl
         "completeness": {
             "legs": legs,
             "late_samples": late_samples,
+            # samples placed absurdly far ahead of the timeline (bad timestamps): not written
+            "refused_samples": refused_samples,
             "both_legs": all(leg["received"] for leg in legs),
         },
         "encryption": {"srtp": encrypted, "decodable": decodable,

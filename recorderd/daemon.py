@@ -32,7 +32,7 @@ from typing import Any
 from capture.afpacket import LiveCapture, RingSettings
 from capture.bpf import DEFAULT_FILTER, compile_filter
 from capture.engine import CaptureEngine
-from capture.pcapio import FrameBatch, merge_batches
+from capture.pcapio import MAX_BATCH_SPAN_S, FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
 from recorderd.config import ConfigError, engine_settings, load
 from recorderd.logsetup import configure_logging
@@ -208,7 +208,8 @@ class Daemon:
                 nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if nxt.linktype != batch.linktype:
+            if nxt.linktype != batch.linktype or len(nxt) and float(nxt.ts[-1] - batch.ts[0]) > MAX_BATCH_SPAN_S:
+                # another link type, or more capture time than the engine takes at once
                 self.engine.feed(merge_batches(merged))
                 merged, size, batch = [nxt], len(nxt.buf), nxt
                 continue

@@ -379,3 +379,16 @@ def test_merge_batches_keeps_every_frame_and_timestamp(tmp_path: Path) -> None:
     assert len(merged) == len(frames)
     assert [bytes(merged.frame(i)) for i in range(len(merged))] == [f for _, f in frames]
     assert merged.ts.tolist() == pytest.approx([t for t, _ in frames])
+
+
+def test_split_by_time_cuts_long_batches_and_shares_the_buffer() -> None:
+    from capture.pcapio import FrameBatch, split_by_time
+
+    ts = np.array([0.0, 1.0, 4.9, 5.1, 6.0, 5.5, 12.0, 30.0])   # 5.5 steps back: stays where it arrives
+    batch = FrameBatch(1, bytes(80), np.arange(8, dtype=np.int64) * 10, np.full(8, 10, np.int64), ts)
+    parts = split_by_time(batch, 5.0)
+    assert [p.ts.tolist() for p in parts] == [[0.0, 1.0, 4.9], [5.1, 6.0, 5.5], [12.0], [30.0]]
+    assert all(p.buf is batch.buf for p in parts)
+    assert [p.offsets.tolist() for p in parts][1] == [30, 40, 50]
+    short = FrameBatch(1, bytes(20), np.array([0, 10]), np.array([10, 10]), np.array([0.0, 4.0]))
+    assert split_by_time(short, 5.0) == [short]

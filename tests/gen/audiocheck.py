@@ -161,6 +161,9 @@ def metadata_problems(meta: dict, truth: CallTruth, audio_frames: int) -> list[s
     audio_s = audio_frames / truth.sample_rate
     if abs(audio_s - truth.duration_s) > DURATION_TOLERANCE_S:
         problems.append(f"WAV holds {audio_s:.3f} s, want {truth.duration_s:.3f} ± {DURATION_TOLERANCE_S}")
+    refused = (meta.get("completeness") or {}).get("refused_samples")
+    if refused:
+        problems.append(f"{refused} samples were refused by the timeline (written too far ahead)")
     named = " ".join(str(c) for c in meta.get("codecs", [])).upper().replace(".", "").replace("-", "")
     problems += [f"codec {c} missing from codecs {meta.get('codecs')!r}" for c in truth.codecs
                  if not any(alias in named for alias in CODEC_ALIASES.get(c, (c,)))]

@@ -29,6 +29,12 @@ def clean() -> list[CallPlan]:
                      callee=LegPlan(CALLEE_HZ, seq_start=65530, ts_start=(1 << 32) - 160))]
 
 
+def long_call() -> list[CallPlan]:
+    """One 200 s call alone in a capture of ~4 MB: a single read chunk spans all of it, so the
+    reader must hand the engine capture time in steps (a 120 s+ batch lost audio silently)."""
+    return [CallPlan("long-1@gen", T0, 200.0)]
+
+
 def loss() -> list[CallPlan]:
     """5 % random loss on both legs plus a 300 ms burst on the caller leg."""
     burst = set(range(BURST_FIRST_INDEX, BURST_FIRST_INDEX + BURST_PACKETS))
@@ -138,4 +144,5 @@ SCENARIOS: dict[str, Callable[[], list[CallPlan]]] = {
     "talk_spurts": talk_spurts, "hold": hold, "reinvite_pcma": reinvite_pcma, "reinvite_g722": reinvite_g722,
     "port_reuse": port_reuse, "concurrent": concurrent, "vlan": vlan, "ipv6": ipv6, "sip_tcp": sip_tcp,
     "early_media": early_media, "dtmf": dtmf, "no_bye": no_bye, "cancelled": cancelled,
+    "long_call": long_call,
 }
