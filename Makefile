@@ -14,7 +14,17 @@ $(STAMP): pyproject.toml packaging/system-deps.txt
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-setup: $(STAMP)
+# The consent prompts (NAME.8k.wav, NAME.16k.wav), spoken from consent.prompt_texts in
+# etc/recorderd.toml by espeak-ng: no audio is committed. The package installs build/prompts.
+PROMPTS := build/prompts
+$(PROMPTS)/.made: $(STAMP) etc/recorderd.toml
+	$(PY) -m recorderd --config etc/recorderd.toml consent prompts --out $(PROMPTS)
+	touch $@
+
+.PHONY: prompts
+prompts: $(PROMPTS)/.made
+
+setup: $(STAMP) prompts
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from storage.agents import AGENT_SOURCES, AgentMapping
 from storage.audit import AuditLog
 from storage.catalog import Catalog, storage_encryption_warning
 from storage.keys import KeyDirError, KeyStore, verify_signature
@@ -68,7 +69,13 @@ def open_appliance(config: dict[str, dict[str, Any]], *, recover: bool = True,
     catalog_path = Path(storage["catalog"])
     if not catalog_path.parent.is_dir():
         raise ApplianceError(f"storage.catalog: directory {catalog_path.parent} does not exist")
-    catalog = Catalog(catalog_path, agent_header=storage["agent_header"])
+    try:
+        agents = AgentMapping.from_settings(storage["agent_source"], storage["agent_header"],
+                                            storage["agent_extensions"])
+    except ValueError as err:
+        setting = "agent_source" if storage["agent_source"] not in AGENT_SOURCES else "agent_extensions"
+        raise ApplianceError(f"storage.{setting}: {err}") from err
+    catalog = Catalog(catalog_path, agents=agents)
     audit = AuditLog(catalog, sign=keys.sign, checkpoint_every=config["audit"]["checkpoint_every"],
                      checkpoint_seconds=config["audit"]["checkpoint_seconds"])
     vault_dir = Path(storage["vault_dir"])

@@ -7,12 +7,20 @@ import os
 import sys
 from collections.abc import Sequence
 
+from recorderd.commands import analysis as analysis_commands
+from recorderd.commands import backup as backup_commands
+from recorderd.commands import bundle as bundle_commands
+from recorderd.commands import consent as consent_commands
 from recorderd.commands import keys, replay, run, store
+from recorderd.commands import retention as retention_commands
+from recorderd.commands import spool as spool_commands
+from recorderd.commands import user as user_commands
+from recorderd.commands import web as web_commands
 from recorderd.commands.common import DEFAULT_CONFIG, EXIT_PROBLEM, EXIT_USAGE, UsageError
 from recorderd.config import ConfigError
 from storage.catalog import CatalogError
 
-COMMAND_MODULES = [replay, store, keys, run]
+COMMAND_MODULES = [replay, store, keys, run, retention_commands, user_commands, web_commands, spool_commands, bundle_commands, backup_commands, consent_commands, analysis_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,6 +62,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
         "live_segment_kib": Setting(int, 8, 4, 1024),
+        "agent_source": Setting(str, "header"),
+        "agent_extensions": Setting(list, []),
         "sync_interval_s": Setting(float, 1.0, 0.0, 60.0),
     },
     "audit": {
@@ -69,7 +71,130 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "checkpoint_seconds": Setting(float, 300.0, 1.0, 86400.0),
     },
 }
-PATH_SETTINGS = {("storage", "vault_dir"), ("storage", "catalog"), ("storage", "key_dir")}
+SCHEMA["web"] = {
+    "listen": Setting(str, "127.0.0.1:8443"),
+    "tls_cert": Setting(str, "/var/lib/recorderd/web/cert.pem"),
+    "tls_key": Setting(str, "/var/lib/recorderd/web/key.pem"),
+    "self_signed": Setting(bool, True),
+    "tls_hostnames": Setting(list, ["localhost"]),
+    "threads": Setting(int, 8, 1, 256),
+    "idle_timeout_s": Setting(int, 900, 60, 86400),
+    "session_max_s": Setting(int, 43200, 300, 604800),
+    "lockout_failures": Setting(int, 10, 3, 1000),
+    "lockout_s": Setting(int, 1800, 60, 86400),
+    "min_password_length": Setting(int, 12, 8, 1024),
+    "hsts_max_age_s": Setting(int, 31536000, 0, 63072000),
+}
+PATH_SETTINGS = {("storage", "vault_dir"), ("storage", "catalog"), ("storage", "key_dir"),
+                 ("web", "tls_cert"), ("web", "tls_key")}
+# retention (retention/, recorderd/commands/retention.py) and spool import (storage/spool.py)
+SCHEMA["retention"] = {
+    "allow_test_clock": Setting(bool, False),
+    "max_purge_per_run": Setting(int, 100_000, 1, 100_000_000),
+    "offsite_shred": Setting(bool, True),
+}
+SCHEMA["spool"] = {
+    "enabled": Setting(bool, False),
+    "dir": Setting(str, "/var/lib/recorderd/spool"),
+    "rejected_dir": Setting(str, "/var/lib/recorderd/spool/rejected"),
+    "stable_s": Setting(float, 5.0, 0.05, 3600.0),
+    "orphan_s": Setting(float, 600.0, 1.0, 604800.0),
+    "rescan_s": Setting(float, 30.0, 0.1, 3600.0),
+    "max_file_mb": Setting(int, 2048, 1, 1_000_000),
+    "tags": Setting(list, ["spool"]),
+}
+PATH_SETTINGS |= {("spool", "dir"), ("spool", "rejected_dir")}
+# the console's recordings pages and player (webadmin/recordings.py, webadmin/playback.py)
+SCHEMA["recordings"] = {
+    "page_size": Setting(int, 25, 5, 200),
+    "reason_min_chars": Setting(int, 10, 3, 500),
+    "grant_minutes": Setting(int, 30, 1, 1440),
+    "waveform_points": Setting(int, 1000, 100, 10_000),
+}
+# QA review (webadmin/review.py, storage/review.py)
+SCHEMA["review"] = {
+    "rubric": Setting(list, ["compliance=30", "communication=30", "resolution=20", "experience=20"]),
+    "sample_rate": Setting(float, 0.05, 0.0, 1.0),
+    "sample_min_per_agent": Setting(int, 1, 0, 10_000),
+    "sample_random_share": Setting(float, 0.2, 0.0, 1.0),
+    "cross_review_flag_points": Setting(int, 10, 0, 10_000),
+}
+# offsite backup (retention/backup/, recorderd/commands/backup.py); targets live in the catalog
+SCHEMA["backup"] = {
+    "throttle_bytes_per_s": Setting(int, 10_000_000, 0, 100_000_000_000),
+    "object_lock_mode": Setting(str, "COMPLIANCE"),
+    "object_lock_days": Setting(int, 30, 0, 36500),
+    "keep_snapshots": Setting(int, 30, 0, 1_000_000),
+    "verify_sample": Setting(int, 20, 0, 100_000_000),
+    "timeout_s": Setting(float, 30.0, 1.0, 3600.0),
+    "part_size_mib": Setting(int, 8, 5, 5120),
+}
+# auditor export bundles (storage/exports.py, webadmin/exports.py, recorderd/commands/bundle.py)
+SCHEMA["exports"] = {
+    "bundle_dir": Setting(str, "/var/lib/recorderd/exports"),
+    "expire_hours": Setting(float, 72.0, 0.01, 8760.0),
+    "request_expire_hours": Setting(float, 168.0, 0.01, 8760.0),
+    "max_recordings": Setting(int, 1000, 1, 100_000),
+    "appliance_id": Setting(str, "auto"),
+}
+PATH_SETTINGS |= {("exports", "bundle_dir")}
+# consent announcer and detection (recorderd/consent/, storage/consent.py, capture/consent.py)
+SCHEMA["consent"] = {
+    "enabled": Setting(bool, False),
+    "listen": Setting(str, "0.0.0.0:5080"),
+    "contact_host": Setting(str, "auto"),
+    "rtp_ports": Setting(str, "40000-40999"),
+    "max_calls": Setting(int, 4, 1, 256),
+    "codecs": Setting(list, ["G722/16000", "PCMA/8000", "PCMU/8000"]),
+    "registrar": Setting(str, "off"),
+    "account": Setting(str, "sip:consent@localhost"),
+    "auth_user": Setting(str, "consent"),
+    "password_file": Setting(str, "off"),
+    "prompt_dir": Setting(str, "/var/lib/recorderd/prompts"),
+    "prompt_texts": Setting(list, ["zh|cmn|为保障服务质量，本次通话将录音。",
+                                   "en|en-us|To ensure the quality of our service, this call will be recorded."]),
+    "default_prompt": Setting(str, "zh"),
+    "rules": Setting(list, ["lang=en prompt=en"]),
+    "language_header": Setting(str, "Accept-Language"),
+    "timezone": Setting(str, "local"),
+    "lead_in_s": Setting(float, 0.5, 0.0, 10.0),
+    "handoff": Setting(str, "refer"),
+    "refer_target": Setting(str, "request-uri"),
+    "refer_host": Setting(str, "source"),
+    "refer_timeout_s": Setting(float, 10.0, 1.0, 300.0),
+    "trunk_header": Setting(str, "X-Trunk"),
+    "correlation": Setting(str, "caller"),
+    "correlation_header": Setting(str, "X-Consent-Ref"),
+    "link_before_s": Setting(float, 60.0, 0.0, 86400.0),
+    "link_after_s": Setting(float, 30.0, 0.0, 86400.0),
+    "match_digits": Setting(int, 8, 3, 32),
+    "detect_window_s": Setting(float, 30.0, 1.0, 600.0),
+    "audible_threshold": Setting(float, 0.6, 0.1, 1.0),
+    "sweep_interval_s": Setting(float, 5.0, 0.1, 3600.0),
+}
+PATH_SETTINGS |= {("consent", "prompt_dir")}
+# transcription, phrase rules, call metrics, QA sampling (analysis/, recorderd/commands/analysis.py)
+SCHEMA["analysis"] = {
+    "enabled": Setting(bool, True),
+    "model_dir": Setting(str, "/usr/share/recorderd/whisper-model"),
+    "compute_type": Setting(str, "int8"),
+    "languages": Setting(list, ["zh", "en"]),
+    "threads": Setting(int, 2, 1, 64),
+    "cpu_budget_percent": Setting(float, 50.0, 1.0, 100.0),
+    "nice": Setting(int, 19, 0, 19),
+    "idle_scheduling": Setting(bool, True),
+    "beam_size": Setting(int, 5, 1, 16),
+    "poll_s": Setting(float, 5.0, 0.1, 3600.0),
+    "max_attempts": Setting(int, 3, 1, 100),
+    "rules_file": Setting(str, "default"),
+    "teams": Setting(list, []),
+    "unknown_direction_agent": Setting(str, "callee"),
+    "vad_threshold_dbfs": Setting(float, -45.0, -90.0, -10.0),
+    "interruption_min_overlap_ms": Setting(int, 300, 20, 5000),
+    "qa_coverage_percent": Setting(float, 10.0, 0.0, 100.0),
+    "qa_random_percent": Setting(float, 20.0, 0.0, 100.0),
+}
+PATH_SETTINGS |= {("analysis", "model_dir")}
 
 
 def _check(name: str, spec: Setting, given: object) -> Any:

@@ -15,12 +15,14 @@ import math
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import urlsplit
+
+from retention.backup.records import TargetStatus
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +183,35 @@ class MetricsServer:
             self._thread.join()
         self._server = None
         self._thread = None
+
+
+def backup_metrics(statuses: Sequence[TargetStatus]) -> list[Metric]:
+    """Offsite backup, per target, from the catalog's run history (runs happen in their own
+    process, started by the timer, so the daemon reports what they recorded). Alert on
+    ``time() - recorderd_backup_last_success_timestamp_seconds`` and on the failed flags."""
+    def per_target(value: Callable[[TargetStatus], float | None]) -> list[Sample]:
+        found = [(s.target.name, value(s)) for s in statuses]
+        return [({"target": name}, v) for name, v in found if v is not None]
+
+    def run_figure(field_name: str) -> Callable[[TargetStatus], float | None]:
+        return lambda s: float(getattr(s.last_run, field_name)) if s.last_run else None
+
+    return [
+        Metric("recorderd_backup_last_success_timestamp_seconds",
+               "end of the newest backup run that copied everything (0: never)", "gauge",
+               per_target(lambda s: s.last_success.finished_at or 0.0 if s.last_success else 0.0)),
+        Metric("recorderd_backup_running", "1 while a backup run is in progress", "gauge",
+               per_target(lambda s: 1 if s.last_run and s.last_run.state == "running" else 0)),
+        Metric("recorderd_backup_last_run_failed", "1 when the newest finished backup run failed or was interrupted",
+               "gauge", per_target(lambda s: 1 if s.last_run and s.last_run.state in ("failed", "interrupted") else 0)),
+        Metric("recorderd_backup_files_planned", "vault files the newest backup run has to copy", "gauge",
+               per_target(run_figure("files_planned"))),
+        Metric("recorderd_backup_files_copied", "vault files the newest backup run copied so far", "gauge",
+               per_target(run_figure("files_done"))),
+        Metric("recorderd_backup_bytes_copied", "bytes the newest backup run copied so far", "gauge",
+               per_target(run_figure("bytes_done"))),
+        Metric("recorderd_backup_files_failed", "vault files the newest backup run could not copy", "gauge",
+               per_target(run_figure("files_failed"))),
+        Metric("recorderd_backup_verify_ok", "1 when the newest backup verify found no problem, 0 otherwise",
+               "gauge", per_target(lambda s: (1 if s.last_verify.state == "ok" else 0) if s.last_verify else None)),
+    ]

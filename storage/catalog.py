@@ -63,7 +63,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -73,6 +73,7 @@ from typing import Any, TypeVar
 import apsw
 
 from capture.recording import iso_utc
+from storage.agents import DEFAULT_AGENT_HEADER, AgentMapping
 from storage.migrations import (
     AGENT_MARKER_BASE,
     AGENT_MARKER_END,
@@ -95,7 +96,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_AGENT_HEADER = "X-Agent-ID"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_COUNT_LIMIT = 1_000
 READER_CACHE_MB = 32
@@ -103,6 +103,15 @@ FINISHED_STATES = ("complete", "partial")
 # trigram tokenizer: FTS5 cannot match a string shorter than three characters
 TRIGRAM = 3
 NUMBER_SEPARATORS = re.compile(r"[\s\-./()]")
+# consent filters of search(): the recording's consent.played / consent.audible (None until
+# the announcer is configured: "unknown")
+CONSENT_FILTERS = {
+    "played": "r.consent_played = 1",
+    "not_played": "r.consent_played = 0",
+    "audible": "r.consent_audible = 1",
+    "not_audible": "r.consent_audible = 0",
+    "unknown": "r.consent_played IS NULL",
+}
 # the rowid is the start time in milliseconds (storage/migrations.py)
 ORDERINGS = {
     "-started_at": "{rowid} DESC",
@@ -291,15 +300,6 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _header(headers: dict[str, Any] | None, name: str) -> str | None:
-    """A SIP header's value by case-insensitive name (RFC 3261 §7.3.1)."""
-    wanted = name.lower()
-    for key, value in (headers or {}).items():
-        if key.lower() == wanted:
-            return None if value is None else str(value)
-    return None
-
-
 def _completeness_ratio(metadata: dict[str, Any]) -> float | None:
     legs = (metadata.get("completeness") or {}).get("legs") or []
     expected = sum(int(leg.get("expected") or 0) for leg in legs)
@@ -307,7 +307,7 @@ def _completeness_ratio(metadata: dict[str, Any]) -> float | None:
     return round(received / expected, 4) if expected else None
 
 
-def _identity_values(identity: dict[str, Any], agent_header: str) -> dict[str, Any]:
+def _identity_values(identity: dict[str, Any], agents: AgentMapping) -> dict[str, Any]:
     """Columns known when a call starts (capture.recording.call_identity())."""
     return {
         "call_id": identity.get("call_id") or "",
@@ -316,19 +316,19 @@ def _identity_values(identity: dict[str, Any], agent_header: str) -> dict[str, A
         "caller_uri": identity.get("caller_uri"),
         "callee_uri": identity.get("callee_uri"),
         "direction": identity.get("direction") or "unknown",
-        "agent_id": _header(identity.get("sip_headers"), agent_header),
+        "agent_id": agents.agent_of(identity),
         "answered_at": to_epoch(identity.get("answered_at")),
         "ended_at": to_epoch(identity.get("ended_at")),
         "end_reason": identity.get("end_reason"),
     }
 
 
-def _metadata_values(metadata: dict[str, Any], agent_header: str) -> dict[str, Any]:
+def _metadata_values(metadata: dict[str, Any], agents: AgentMapping) -> dict[str, Any]:
     """Every searched column of a finished recording (capture.recording.recording_metadata())."""
     consent = metadata.get("consent") or {}
     started = metadata.get("started_at_epoch")
     return {
-        **_identity_values(metadata, agent_header),
+        **_identity_values(metadata, agents),
         "started_at": to_epoch(started if started is not None else metadata.get("started_at")),
         "duration_s": metadata.get("duration_s"),
         "sample_rate": metadata.get("sample_rate"),
@@ -842,6 +842,11 @@ class CatalogReader:
         return {k: json.loads(v) if k in _JSON_STREAM_FIELDS else v
                 for k, v in zip(_STREAM_FIELDS, values, strict=True)}
 
+    def row(self, recording_id: str) -> RecordingRow | None:
+        """One recording's search row (no metadata, streams or notes), or None."""
+        rows = self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.recording_id = ?", (recording_id,))
+        return rows[0] if rows else None
+
     def get_key(self, recording_id: str) -> WrappedKey | None:
         """The wrapped data key of a recording; None when destroyed (purged) or never stored."""
         found = self._query("SELECT recording_id, key_id, kek_id, wrapped_key FROM recordings "
@@ -865,24 +870,43 @@ class CatalogReader:
     def search(self, query: str | None = None, *, date_from: float | str | datetime | None = None,
                date_to: float | str | datetime | None = None, party: str | None = None,
                agent_id: str | None = None, direction: str | None = None, tag: str | None = None,
-               min_duration: float | None = None, max_duration: float | None = None,
-               state: str | None = None, limit: int = 50, offset: int = 0,
+               tags: Sequence[str] = (), min_duration: float | None = None, max_duration: float | None = None,
+               state: str | None = None, min_completeness: float | None = None,
+               completeness_below: float | None = None, consent: str | None = None,
+               assigned_to: str | None = None, limit: int = 50, offset: int = 0,
                order_by: str = "-started_at", count_limit: int | None = DEFAULT_COUNT_LIMIT) -> SearchResult:
         """Recordings matching all the given criteria, newest first by default.
 
         ``date_from`` is inclusive, ``date_to`` exclusive (epoch seconds, ISO 8601 or datetime,
-        compared with ``started_at`` to the millisecond). ``tag`` is exact (case-insensitive).
-        ``order_by`` is one of ``-started_at``, ``started_at``, ``-duration_s``, ``duration_s``.
+        compared with ``started_at`` to the millisecond). ``tag`` and each of ``tags`` is exact
+        (case-insensitive); a recording must carry every one. ``min_completeness`` (inclusive)
+        and ``completeness_below`` (exclusive) bound the ratio of received to expected packets
+        (recordings without one, e.g. no RTP expected, match neither). ``consent`` is one of
+        :data:`CONSENT_FILTERS`. ``assigned_to`` keeps the recordings a QA reviewer holds an
+        assignment for (open or scored). ``order_by`` is one of ``-started_at``, ``started_at``,
+        ``-duration_s``, ``duration_s``.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
+        if consent is not None and consent not in CONSENT_FILTERS:
+            raise ValueError(f"consent must be one of {', '.join(CONSENT_FILTERS)}, not {consent!r}")
         plan = self._plan(query, date_from=date_from, date_to=date_to, party=party, agent_id=agent_id,
-                          direction=direction, tag=tag, min_duration=min_duration,
-                          max_duration=max_duration, state=state)
+                          direction=direction, tags=[*([tag] if tag is not None else []), *tags],
+                          min_duration=min_duration, max_duration=max_duration, state=state)
+        for clause, value in (("r.completeness >= ?", min_completeness), ("r.completeness < ?", completeness_below)):
+            if value is not None:
+                plan.add(clause, value)
+        if consent is not None:
+            plan.add(CONSENT_FILTERS[consent])
+        if assigned_to is not None:
+            # a reviewer's assignments are few: their recordings' ids, looked up by rowid
+            plan.add("r.id IN (SELECT x.id FROM qa_assignments a JOIN recordings x ON x.recording_id = a.recording_id "
+                     "WHERE a.reviewer = ? AND a.state != 'withdrawn')", assigned_to)
+            plan.index_first = True
         return self._snapshot(lambda: self._search(plan, limit, offset, order_by, count_limit))
 
     def _plan(self, query: str | None, *, date_from: Any, date_to: Any, party: str | None,
-              agent_id: str | None, direction: str | None, tag: str | None,
+              agent_id: str | None, direction: str | None, tags: list[str],
               min_duration: float | None, max_duration: float | None, state: str | None) -> _Plan:
         plan = _Plan()
         for term in split_terms(query or ""):
@@ -901,7 +925,7 @@ class CatalogReader:
                               ("r.state = ?", state)):
             if value is not None:
                 plan.add(clause, value)
-        if tag is not None:
+        for tag in tags:
             tag = tag.strip()
             if len(tag) >= TRIGRAM:  # the FTS narrows, the tags table decides
                 plan.add_match("search_fts", f"tags : {_fts_phrase(tag)}")
@@ -984,16 +1008,20 @@ class CatalogReader:
 class Catalog:
     """The catalog database: writes through one writer thread, reads through readers.
 
-    ``agent_header`` names the SIP header (in the metadata's ``sip_headers``) that carries the
-    agent id. ``clock`` gives ``created_at`` / ``updated_at`` / note times (tests pass their own).
+    ``agents`` says how a recording's ``agent_id`` is found (storage/agents.py: a SIP header or
+    an extension → agent mapping); without it, ``agent_header`` names the SIP header (in the
+    metadata's ``sip_headers``) that carries the agent id. ``clock`` gives ``created_at`` /
+    ``updated_at`` / note times (tests pass their own).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, agent_header: str = DEFAULT_AGENT_HEADER,
+                 agents: AgentMapping | None = None,
                  busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, synchronous: str = "FULL",
                  cache_mb: int = 64, clock: Callable[[], float] = time.time,
                  migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
         self.path = str(path)
-        self.agent_header = agent_header
+        self.agents = agents if agents is not None else AgentMapping("header", agent_header)
+        self.agent_header = self.agents.header
         self.busy_timeout_ms = busy_timeout_ms
         self.clock = clock
         self.writer = CatalogWriter(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
@@ -1022,6 +1050,12 @@ class Catalog:
             raise CatalogClosed(f"catalog {self.path} is closed")
         return CatalogReader(self.path, busy_timeout_ms=self.busy_timeout_ms)
 
+    def thread_reader(self) -> CatalogReader:
+        """This thread's own read-only connection, opened once and kept until :meth:`close`
+        (servers with a pool of request threads: no connection set-up per request). The
+        caller must not close it."""
+        return self._thread_reader()
+
     def _thread_reader(self) -> CatalogReader:
         reader: CatalogReader | None = getattr(self._local, "reader", None)
         if reader is None:
@@ -1041,7 +1075,7 @@ class Catalog:
         The wrapped data key is stored from the start, so that the audio of a recording a
         crash interrupted can still be decrypted and recovered (storage/recovery.py)."""
         now = self.clock()
-        values = {**_identity_values(identity, self.agent_header), "recording_id": recording_id,
+        values = {**_identity_values(identity, self.agents), "recording_id": recording_id,
                   "call_id": call_id, "started_at": to_epoch(started_at), "state": "active",
                   "metadata": _dumps(identity), "created_at": now, "updated_at": now}
         if wrapped_key is not None:
@@ -1062,7 +1096,7 @@ class Catalog:
         if state not in FINISHED_STATES:
             raise ValueError(f"a finished recording is {' or '.join(FINISHED_STATES)}, not {state!r}")
         now = self.clock()
-        values = {**_metadata_values(metadata, self.agent_header), "recording_id": recording_id,
+        values = {**_metadata_values(metadata, self.agents), "recording_id": recording_id,
                   "state": state, "vault_path": str(vault.get("path")) if vault.get("path") else None,
                   "vault_size": vault.get("size"), "vault_sha256": vault.get("sha256"),
                   "created_at": now, "updated_at": now}
@@ -1207,6 +1241,26 @@ class Catalog:
             conn.execute("INSERT INTO notes (recording_id, author, text, ts) VALUES (?, ?, ?, ?)",
                          (recording_id, author, text, when))
             return Note(conn.last_insert_rowid(), recording_id, author, text, when)
+
+        return self.writer.call(job)
+
+    def update_note(self, note_id: int, text: str, *, author: str | None = None) -> tuple[Note, Note]:
+        """Change a note's text (the search index follows); returns (before, after).
+
+        With ``author``, only that author's note may change (CatalogError otherwise). The time
+        stays the note's creation time; the before/after pair is for the caller's audit entry.
+        """
+        def job(conn: apsw.Connection) -> tuple[Note, Note]:
+            found = conn.execute("SELECT id, recording_id, author, text, ts FROM notes WHERE id = ?",
+                                 (note_id,)).fetchall()
+            if not found:
+                raise CatalogError(f"unknown note {note_id}")
+            values: tuple[Any, ...] = found[0]
+            before = Note(*values)
+            if author is not None and before.author != author:
+                raise CatalogError(f"note {note_id} was written by {before.author}, not {author}")
+            conn.execute("UPDATE notes SET text = ? WHERE id = ?", (text, note_id))
+            return before, Note(before.id, before.recording_id, before.author, text, before.ts)
 
         return self.writer.call(job)
 

@@ -321,13 +321,477 @@ CREATE TABLE audit_checkpoints (
 
 # Migrations 3-7 are owned by one area each (console, exports, retention + backup, consent,
 # analysis); each area writes only its own constant.
-_V3_CONSOLE = "-- console: users, logins, sessions"
-_V3_QA = "-- QA review: assignments, rubric scores, cross-reviews"
-_V4_EXPORTS = "-- auditor export bundles"
-_V5_RETENTION = "-- retention rules, legal holds, tombstones, spool imports"
-_V5_BACKUP = "-- backup targets and runs"
-_V6_CONSENT = "-- consent announcements"
-_V7_ANALYSIS = "-- transcripts, phrase hits, call metrics"
+_V3_CONSOLE = """
+-- console users (webadmin/users_store.py). Never deleted (audit entries and QA assignments name
+-- them): a leaver is disabled. password_hash is argon2id (PHC string); totp_secret is base32
+-- (RFC 6238), NULL when the user has no second factor; totp_last_step refuses a code's reuse.
+CREATE TABLE users (
+    username        TEXT PRIMARY KEY,
+    role            TEXT NOT NULL CHECK (role IN ('agent', 'qa', 'auditor', 'admin')),
+    agent_id        TEXT,
+    password_hash   TEXT NOT NULL,
+    totp_secret     TEXT,
+    totp_last_step  INTEGER NOT NULL DEFAULT 0,
+    disabled        INTEGER NOT NULL DEFAULT 0,
+    failed_logins   INTEGER NOT NULL DEFAULT 0,
+    locked_until    REAL NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    last_login_at   REAL
+) WITHOUT ROWID;
+CREATE INDEX users_by_role ON users(role, username);
+CREATE UNIQUE INDEX users_by_agent_id ON users(agent_id) WHERE agent_id IS NOT NULL;
+
+-- server-side console sessions: the cookie carries a random token, the table only its SHA-256.
+-- stage 'password' = password accepted, second factor pending; 'full' = logged in.
+CREATE TABLE console_sessions (
+    token_sha256  TEXT PRIMARY KEY,
+    username      TEXT NOT NULL REFERENCES users(username),
+    stage         TEXT NOT NULL CHECK (stage IN ('password', 'full')),
+    csrf_token    TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    last_seen     REAL NOT NULL,
+    client        TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+CREATE INDEX console_sessions_by_user ON console_sessions(username);
+"""
+# QA review (storage/review.py). An assignment gives one reviewer one recording to score:
+# ``kind`` 'review' (first score) or 'cross' (a second reviewer re-scores the recording against
+# the score ``cross_of``, with that score's rubric, so the two can be compared). One score per
+# assignment, final when given: qa_scores is append-only; the rubric in force is stored with
+# each score (criterion and maximum points), so a later change of [review] rubric leaves
+# earlier scores readable. The partial unique index allows re-assigning after a withdrawal.
+_V3_QA = f"""
+CREATE TABLE qa_assignments (
+    id           INTEGER PRIMARY KEY,
+    recording_id TEXT NOT NULL {_CHILD_FK},
+    reviewer     TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('review', 'cross')),
+    cross_of     INTEGER REFERENCES qa_scores(id) DEFERRABLE INITIALLY DEFERRED,
+    method       TEXT NOT NULL CHECK (method IN ('manual', 'sample')),
+    assigned_by  TEXT NOT NULL,
+    assigned_at  REAL NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'scored', 'withdrawn')),
+    closed_at    REAL,
+    CHECK ((kind = 'cross') = (cross_of IS NOT NULL))
+);
+CREATE UNIQUE INDEX qa_assignments_once ON qa_assignments(recording_id, reviewer, kind)
+    WHERE state != 'withdrawn';
+CREATE INDEX qa_assignments_by_reviewer ON qa_assignments(reviewer, state, recording_id);
+CREATE INDEX qa_assignments_by_recording ON qa_assignments(recording_id);
+
+CREATE TABLE qa_scores (
+    id            INTEGER PRIMARY KEY,
+    assignment_id INTEGER NOT NULL UNIQUE REFERENCES qa_assignments(id) DEFERRABLE INITIALLY DEFERRED,
+    recording_id  TEXT NOT NULL,
+    reviewer      TEXT NOT NULL,
+    rubric        TEXT NOT NULL,
+    points        TEXT NOT NULL,
+    total         REAL NOT NULL,
+    max_total     REAL NOT NULL,
+    comment       TEXT NOT NULL DEFAULT '',
+    scored_at     REAL NOT NULL
+);
+CREATE INDEX qa_scores_by_recording ON qa_scores(recording_id, id);
+{_append_only('qa_scores')}
+"""
+# Auditor export bundles (storage/exports.py; rules in storage/export_policy.py). One row per
+# request, from the request to expiry; the resolved recording ids are in export_items (so "which
+# exports held this recording" is an index read). Rows are never deleted: an expired export
+# keeps its history, only the bundle file goes (deleted_at).
+_V4_EXPORTS = """
+CREATE TABLE exports (
+    id               INTEGER PRIMARY KEY,
+    requester        TEXT NOT NULL,
+    requester_role   TEXT NOT NULL,
+    reason           TEXT NOT NULL CHECK (length(trim(reason)) > 0),
+    query            TEXT,
+    state            TEXT NOT NULL DEFAULT 'requested'
+                     CHECK (state IN ('requested', 'approved', 'rejected', 'building', 'ready', 'failed',
+                                      'expired', 'downloaded')),
+    approver         TEXT,
+    decision_note    TEXT NOT NULL DEFAULT '',
+    requested_at     REAL NOT NULL,
+    decided_at       REAL,
+    build_started_at REAL,
+    built_at         REAL,
+    progress_done    INTEGER NOT NULL DEFAULT 0,
+    progress_total   INTEGER NOT NULL DEFAULT 0,
+    recordings_done  INTEGER NOT NULL DEFAULT 0,
+    path             TEXT,
+    size             INTEGER,
+    sha256           TEXT,
+    error            TEXT,
+    expires_at       REAL,
+    downloads        INTEGER NOT NULL DEFAULT 0,
+    downloaded_at    REAL,
+    deleted_at       REAL,
+    updated_at       REAL NOT NULL,
+    CHECK (approver IS NULL OR approver != requester)
+);
+CREATE INDEX exports_by_state ON exports(state, id);
+CREATE INDEX exports_by_requester ON exports(requester, id);
+
+CREATE TABLE export_items (
+    export_id    INTEGER NOT NULL REFERENCES exports(id),
+    ordinal      INTEGER NOT NULL,
+    recording_id TEXT NOT NULL,
+    PRIMARY KEY (export_id, ordinal)
+) WITHOUT ROWID;
+CREATE INDEX export_items_by_recording ON export_items(recording_id, export_id);
+"""
+# Retention (retention/store.py). Rules are stored as JSON (retention.rules.Rule.to_dict); at
+# most one default rule. Legal holds cover one recording or a search (JSON {query, filters},
+# re-run at every plan; the recordings it matched when placed are kept in legal_hold_items
+# too, so a hold never shrinks). A hold is never deleted: release is a request by one admin and
+# an approval by another (the CHECK makes the two differ). Tombstones outlive the purged
+# recording's data: ids, Call-ID, keyed hashes of the parties, times, the rule; only
+# files_removed_at may be filled in (once) after the vault files are gone. retention_keks maps
+# the per-expiry-month KEKs that let a purge also make offsite copies unreadable, and
+# retention_key_history every KEK that ever wrapped a recording's data key.
+_V5_RETENTION = """
+CREATE TABLE retention_rules (
+    name        TEXT PRIMARY KEY,
+    is_default  INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+    definition  TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_by  TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX retention_rules_one_default ON retention_rules(is_default) WHERE is_default = 1;
+
+CREATE TABLE legal_holds (
+    id                    INTEGER PRIMARY KEY,
+    case_name             TEXT NOT NULL CHECK (length(case_name) > 0),
+    reason                TEXT NOT NULL CHECK (length(reason) > 0),
+    recording_id          TEXT,
+    search                TEXT,
+    placed_by             TEXT NOT NULL,
+    placed_at             REAL NOT NULL,
+    release_requested_by  TEXT,
+    release_requested_at  REAL,
+    release_reason        TEXT,
+    released_by           TEXT,
+    released_at           REAL,
+    CHECK ((recording_id IS NULL) != (search IS NULL)),
+    CHECK (released_by IS NULL OR (release_requested_by IS NOT NULL AND released_by != release_requested_by))
+);
+CREATE INDEX legal_holds_open ON legal_holds(id) WHERE released_at IS NULL;
+CREATE TABLE legal_hold_items (
+    hold_id      INTEGER NOT NULL REFERENCES legal_holds(id),
+    recording_id TEXT NOT NULL,
+    PRIMARY KEY (hold_id, recording_id)
+) WITHOUT ROWID;
+CREATE INDEX legal_hold_items_by_recording ON legal_hold_items(recording_id);
+CREATE TRIGGER legal_holds_no_delete BEFORE DELETE ON legal_holds BEGIN
+    SELECT RAISE(ABORT, 'legal_holds: a hold is released, never deleted'); END;
+CREATE TRIGGER legal_holds_fixed BEFORE UPDATE OF id, case_name, reason, recording_id, search, placed_by,
+    placed_at ON legal_holds BEGIN
+    SELECT RAISE(ABORT, 'legal_holds: what a hold covers and why cannot be changed'); END;
+CREATE TRIGGER legal_holds_released_stays BEFORE UPDATE ON legal_holds WHEN OLD.released_at IS NOT NULL BEGIN
+    SELECT RAISE(ABORT, 'legal_holds: a released hold cannot be changed'); END;
+CREATE TRIGGER legal_hold_items_no_delete BEFORE DELETE ON legal_hold_items BEGIN
+    SELECT RAISE(ABORT, 'legal_hold_items: append-only'); END;
+CREATE TRIGGER legal_hold_items_no_update BEFORE UPDATE ON legal_hold_items BEGIN
+    SELECT RAISE(ABORT, 'legal_hold_items: append-only'); END;
+
+CREATE TABLE retention_tombstones (
+    recording_id     TEXT PRIMARY KEY,
+    call_id          TEXT NOT NULL,
+    caller_hash      TEXT,
+    callee_hash      TEXT,
+    started_at       REAL NOT NULL,
+    ended_at         REAL,
+    duration_s       REAL,
+    rule             TEXT NOT NULL,
+    period           TEXT NOT NULL,
+    expired_at       REAL NOT NULL,
+    purged_at        REAL NOT NULL,
+    purged_by        TEXT NOT NULL,
+    files_removed_at REAL
+) WITHOUT ROWID;
+CREATE INDEX retention_tombstones_pending ON retention_tombstones(recording_id) WHERE files_removed_at IS NULL;
+CREATE INDEX retention_tombstones_by_call ON retention_tombstones(call_id);
+CREATE TRIGGER retention_tombstones_no_delete BEFORE DELETE ON retention_tombstones BEGIN
+    SELECT RAISE(ABORT, 'retention_tombstones is append-only: DELETE refused'); END;
+CREATE TRIGGER retention_tombstones_no_update BEFORE UPDATE ON retention_tombstones
+WHEN OLD.files_removed_at IS NOT NULL OR NEW.recording_id IS NOT OLD.recording_id
+    OR NEW.call_id IS NOT OLD.call_id OR NEW.caller_hash IS NOT OLD.caller_hash
+    OR NEW.callee_hash IS NOT OLD.callee_hash OR NEW.started_at IS NOT OLD.started_at
+    OR NEW.ended_at IS NOT OLD.ended_at OR NEW.duration_s IS NOT OLD.duration_s OR NEW.rule IS NOT OLD.rule
+    OR NEW.period IS NOT OLD.period OR NEW.expired_at IS NOT OLD.expired_at
+    OR NEW.purged_at IS NOT OLD.purged_at OR NEW.purged_by IS NOT OLD.purged_by BEGIN
+    SELECT RAISE(ABORT, 'retention_tombstones: only files_removed_at may be set, once'); END;
+
+CREATE TABLE retention_keks (
+    kek_id       TEXT PRIMARY KEY,
+    bucket       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    destroyed_at REAL
+) WITHOUT ROWID;
+CREATE INDEX retention_keks_live ON retention_keks(bucket) WHERE destroyed_at IS NULL;
+CREATE TABLE retention_key_history (
+    recording_id TEXT NOT NULL,
+    kek_id       TEXT NOT NULL,
+    PRIMARY KEY (recording_id, kek_id)
+) WITHOUT ROWID;
+CREATE INDEX retention_key_history_by_kek ON retention_key_history(kek_id);
+
+-- spool import (storage/spool.py): one row per dropped file pair, by content hash, so that a
+-- file dropped twice or an import interrupted by a crash is never catalogued twice
+CREATE TABLE spool_imports (
+    source_sha256 TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    recording_id  TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('ingesting', 'done')),
+    started_at    REAL NOT NULL,
+    finished_at   REAL
+) WITHOUT ROWID;
+"""
+_V5_BACKUP = """
+-- backup targets and runs (retention/backup/). A target's settings are JSON and hold no
+-- secret, only references to where the secret is read from (file:, env:, credential:).
+-- Removing a target keeps its row (removed_at) so that its run history stays readable.
+CREATE TABLE backup_targets (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('s3', 'sftp', 'path')),
+    settings    TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL,
+    created_by  TEXT NOT NULL,
+    updated_at  REAL NOT NULL,
+    removed_at  REAL
+);
+CREATE UNIQUE INDEX backup_targets_name ON backup_targets(name) WHERE removed_at IS NULL;
+
+-- one row per backup, verify or restore run; progress is updated while it runs
+CREATE TABLE backup_runs (
+    id            INTEGER PRIMARY KEY,
+    target_id     INTEGER NOT NULL REFERENCES backup_targets(id),
+    kind          TEXT NOT NULL CHECK (kind IN ('backup', 'verify', 'restore')),
+    state         TEXT NOT NULL CHECK (state IN ('running', 'ok', 'failed', 'interrupted')),
+    actor         TEXT NOT NULL,
+    host          TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    started_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    finished_at   REAL,
+    files_planned INTEGER NOT NULL DEFAULT 0,
+    bytes_planned INTEGER NOT NULL DEFAULT 0,
+    files_done    INTEGER NOT NULL DEFAULT 0,
+    bytes_done    INTEGER NOT NULL DEFAULT 0,
+    files_present INTEGER NOT NULL DEFAULT 0,
+    files_failed  INTEGER NOT NULL DEFAULT 0,
+    snapshot      TEXT,
+    manifest      TEXT,
+    error         TEXT
+);
+CREATE INDEX backup_runs_by_target ON backup_runs(target_id, kind, id);
+CREATE INDEX backup_runs_running ON backup_runs(state) WHERE state = 'running';
+
+-- what went wrong in a run, one row per object (the run goes on with the others)
+CREATE TABLE backup_failures (
+    run_id  INTEGER NOT NULL REFERENCES backup_runs(id),
+    ordinal INTEGER NOT NULL,
+    object  TEXT NOT NULL,
+    error   TEXT NOT NULL,
+    ts      REAL NOT NULL,
+    PRIMARY KEY (run_id, ordinal)
+) WITHOUT ROWID;
+"""
+# Consent (storage/consent.py): the announcer's events (append-only), what the sweep found in
+# each recording, and which announcement a recording belongs to. The partial index lists the
+# finished recordings not checked yet (consent_audible unknown), so the sweep's "what is new"
+# stays a short index read at millions of recordings.
+_V6_CONSENT = f"""
+CREATE TABLE consent_announcements (
+    id                INTEGER PRIMARY KEY,
+    call_id           TEXT NOT NULL,
+    caller            TEXT NOT NULL,
+    called            TEXT NOT NULL,
+    invited_at        REAL NOT NULL,
+    ended_at          REAL NOT NULL,
+    outcome           TEXT NOT NULL CHECK (outcome IN (
+                          'played', 'refer_ok', 'refer_rejected', 'refer_failed', 'refer_timeout',
+                          'no_target', 'hangup_during_prompt', 'unknown_prompt', 'codec_mismatch',
+                          'rejected', 'error')),
+    caller_uri        TEXT NOT NULL DEFAULT '',
+    called_uri        TEXT NOT NULL DEFAULT '',
+    trunk             TEXT,
+    language          TEXT,
+    correlation       TEXT,
+    prompt            TEXT,
+    rule              TEXT,
+    codec             TEXT,
+    answered_at       REAL,
+    prompt_started_at REAL,
+    prompt_played_s   REAL NOT NULL DEFAULT 0,
+    prompt_complete   INTEGER NOT NULL DEFAULT 0 CHECK (prompt_complete IN (0, 1)),
+    handoff           TEXT,
+    refer_target      TEXT,
+    refer_status      INTEGER,
+    detail            TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX consent_announcements_call_id ON consent_announcements(call_id);
+CREATE INDEX consent_announcements_ended ON consent_announcements(ended_at);
+CREATE INDEX consent_announcements_invited ON consent_announcements(invited_at);
+{_append_only('consent_announcements')}
+
+CREATE TABLE consent_checks (
+    recording_id TEXT PRIMARY KEY {_CHILD_FK},
+    checked_at   REAL NOT NULL,
+    audible      INTEGER,
+    score        REAL,
+    offset_s     REAL,
+    channel      INTEGER,
+    prompt       TEXT,
+    trunk        TEXT,
+    note         TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+
+CREATE TABLE consent_links (
+    recording_id    TEXT PRIMARY KEY {_CHILD_FK},
+    announcement_id INTEGER NOT NULL REFERENCES consent_announcements(id),
+    rule            TEXT NOT NULL CHECK (rule IN ('call_id', 'header', 'caller_window')),
+    linked_at       REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX consent_links_by_announcement ON consent_links(announcement_id);
+
+CREATE TABLE consent_cursor (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX recordings_consent_unchecked ON recordings(id)
+    WHERE consent_audible IS NULL AND state IN ('complete', 'partial');
+"""
+# Analysis (analysis/store.py). A finished recording (state complete/partial, by the recorder or
+# recovery; bulk imports are left to `recorderd analysis enqueue`) gets a queue row by trigger,
+# so none is missed whatever process finishes it. The worker claims the oldest pending row
+# ('running'); a worker killed mid-recording leaves it 'running' and the next worker's start
+# puts it back to 'pending' (attempts counts the claims; max_attempts gives up). Each channel's
+# transcript is saved as soon as it is done (transcript_channels says which), so a resumed
+# recording only redoes the channel that was interrupted. Segment text is part of the search
+# document: search_docs is redefined below to add it, and triggers on transcript_segments keep
+# search_fts in step; the worker writes a recording's segments with the bulk_load switch on and
+# re-indexes the recording once. Purging a recording (state 'purged') deletes what was said
+# (segments, hits) and the analysis derived from it.
+_ANALYSIS_TRANSCRIPT = """nullif(concat_ws(' ',
+           (SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id),
+           (SELECT group_concat(s.text, ' ' ORDER BY s.channel, s.ordinal) FROM transcript_segments s
+            WHERE s.recording_id = r.recording_id)), '')"""
+_V7_ANALYSIS = f"""
+CREATE TABLE analysis_queue (
+    recording_id TEXT PRIMARY KEY {_CHILD_FK},
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'running', 'done', 'failed', 'skipped')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    enqueued_at  REAL NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    worker       TEXT,
+    error        TEXT
+) WITHOUT ROWID;
+CREATE INDEX analysis_queue_todo ON analysis_queue(state, enqueued_at, recording_id)
+    WHERE state IN ('pending', 'running');
+CREATE INDEX analysis_queue_finished ON analysis_queue(finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TRIGGER recordings_analysis_finished AFTER UPDATE OF state ON recordings
+WHEN NEW.state IN ('complete', 'partial') AND OLD.state = 'active' BEGIN
+    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, unixepoch('subsec'));
+END;
+CREATE TRIGGER recordings_analysis_inserted AFTER INSERT ON recordings
+WHEN NEW.state IN ('complete', 'partial') AND NOT EXISTS (SELECT 1 FROM bulk_load) BEGIN
+    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, unixepoch('subsec'));
+END;
+
+CREATE TABLE transcript_channels (
+    recording_id  TEXT NOT NULL {_CHILD_FK},
+    channel       INTEGER NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('agent', 'customer')),
+    language      TEXT,
+    language_prob REAL,
+    model         TEXT NOT NULL,
+    speech_s      REAL NOT NULL,
+    cpu_s         REAL NOT NULL,
+    done_at       REAL NOT NULL,
+    PRIMARY KEY (recording_id, channel)
+) WITHOUT ROWID;
+
+CREATE TABLE transcript_segments (
+    recording_id TEXT NOT NULL {_CHILD_FK},
+    channel      INTEGER NOT NULL,
+    ordinal      INTEGER NOT NULL,
+    start_s      REAL NOT NULL,
+    end_s        REAL NOT NULL,
+    text         TEXT NOT NULL,
+    confidence   REAL,
+    PRIMARY KEY (recording_id, channel, ordinal)
+) WITHOUT ROWID;
+
+CREATE TABLE phrase_hits (
+    recording_id TEXT NOT NULL {_CHILD_FK},
+    ordinal      INTEGER NOT NULL,
+    rule_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('sensitive', 'required', 'topic')),
+    line         TEXT NOT NULL,
+    channel      INTEGER NOT NULL,
+    role         TEXT NOT NULL,
+    offset_s     REAL NOT NULL,
+    end_s        REAL NOT NULL,
+    phrase       TEXT NOT NULL,
+    matched      TEXT NOT NULL,
+    score        REAL NOT NULL,
+    PRIMARY KEY (recording_id, ordinal)
+) WITHOUT ROWID;
+CREATE INDEX phrase_hits_by_rule ON phrase_hits(kind, rule_id, recording_id);
+
+CREATE TABLE call_analysis (
+    recording_id           TEXT PRIMARY KEY {_CHILD_FK},
+    line                   TEXT NOT NULL,
+    agent_channel          INTEGER NOT NULL,
+    languages              TEXT NOT NULL DEFAULT '[]',
+    duration_s             REAL NOT NULL,
+    duration_band          TEXT NOT NULL,
+    talk_agent_s           REAL NOT NULL,
+    talk_customer_s        REAL NOT NULL,
+    silence_ratio          REAL NOT NULL,
+    overlap_s              REAL NOT NULL,
+    interruptions_agent    INTEGER NOT NULL,
+    interruptions_customer INTEGER NOT NULL,
+    interruption_rate      REAL NOT NULL,
+    sensitive_hits         INTEGER NOT NULL,
+    missing_required       TEXT NOT NULL DEFAULT '[]',
+    risk_score             REAL NOT NULL,
+    risk_reasons           TEXT NOT NULL DEFAULT '[]',
+    model                  TEXT NOT NULL,
+    analysed_at            REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX call_analysis_by_risk ON call_analysis(risk_score DESC, recording_id);
+
+CREATE TRIGGER recordings_analysis_purged AFTER UPDATE OF state ON recordings
+WHEN NEW.state = 'purged' AND OLD.state != 'purged' BEGIN
+    DELETE FROM transcript_segments WHERE recording_id = NEW.recording_id;
+    DELETE FROM transcript_channels WHERE recording_id = NEW.recording_id;
+    DELETE FROM phrase_hits WHERE recording_id = NEW.recording_id;
+    DELETE FROM call_analysis WHERE recording_id = NEW.recording_id;
+    UPDATE analysis_queue SET state = 'skipped', error = 'purged', finished_at = unixepoch('subsec')
+    WHERE recording_id = NEW.recording_id;
+END;
+
+DROP VIEW search_docs;
+CREATE VIEW search_docs AS
+SELECT r.id AS id,
+       r.recording_id AS recording_id,
+       {_PARTIES} AS parties,
+       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
+       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
+       {_ANALYSIS_TRANSCRIPT} AS transcript,
+       {_NUMBER_GRAMS} AS numbers
+FROM recordings r;
+{_child_triggers('transcript_segments', ('INSERT', 'UPDATE', 'DELETE'))}
+"""
 
 # An agent's recordings in the trigram index: each agent id gets a number n (agent_markers)
 # and a marker of exactly three private-use characters, one trigram token that no text
@@ -347,7 +811,7 @@ def agent_marker_sql(n: str) -> str:
 
 _PARTIES_WITH_AGENT = f"""concat_ws(' ', {_PARTIES},
         (SELECT {agent_marker_sql('m.n')} FROM agent_markers m WHERE m.agent_id = r.agent_id))"""
-_TRANSCRIPT_DOC = "(SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id)"
+_TRANSCRIPT_DOC = _ANALYSIS_TRANSCRIPT   # migration 7: transcript segments are part of the document
 _MARK_AGENT = ("INSERT OR IGNORE INTO agent_markers (agent_id) SELECT NEW.agent_id "
                "WHERE NEW.agent_id IS NOT NULL;")
 

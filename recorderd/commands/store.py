@@ -31,6 +31,7 @@ ETC_TEMPLATE = Path(__file__).resolve().parents[2] / "etc" / "recorderd.toml"
 def register(sub: argparse._SubParsersAction) -> None:
     init = sub.add_parser("init", help="a self-contained appliance layout in DIR (config, keys, vault, catalog)")
     init.add_argument("dir", type=Path)
+    init.add_argument("--web-port", type=int, help="the console's port on 127.0.0.1 (default: web.listen's)")
     init.set_defaults(run=cmd_init)
 
     search = sub.add_parser("search", help="find recordings (full text over parties, Call-ID, tags, notes)")
@@ -84,6 +85,19 @@ def appliance_from(args: argparse.Namespace, *, recover: bool = True) -> Applian
 
 # -- init -------------------------------------------------------------------------------------
 
+LAYOUT_PATHS = [("vault_dir", "vault"), ("catalog", "catalog.db"), ("key_dir", "keys"),
+                ("tls_cert", "web/cert.pem"), ("tls_key", "web/key.pem"), ("bundle_dir", "exports")]
+
+
+def layout_config(extra: list[tuple[str, str]] | None = None) -> str:
+    """The shipped configuration with every path inside the appliance's own directory
+    (init; backup restore lays out the same)."""
+    text = ETC_TEMPLATE.read_text()
+    for setting, value in [*LAYOUT_PATHS, *(extra or [])]:
+        text = re.sub(rf'^{setting} = ".*"$', f'{setting} = "{value}"', text, count=1, flags=re.M)
+    return text
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """DIR/recorderd.toml (paths inside DIR), DIR/keys (fresh KEK and signing key), vault, catalog."""
     root: Path = args.dir.resolve()
@@ -93,10 +107,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     KeyStore.create(root / "keys")
     (root / "vault").mkdir(mode=0o700, exist_ok=True)
-    text = ETC_TEMPLATE.read_text()
-    for setting, value in (("vault_dir", "vault"), ("catalog", "catalog.db"), ("key_dir", "keys")):
-        text = re.sub(rf'^{setting} = ".*"$', f'{setting} = "{value}"', text, count=1, flags=re.M)
-    config_path.write_text(text)
+    extra: list[tuple[str, str]] = []
+    if getattr(args, "web_port", None) is not None:
+        if not 1 <= args.web_port <= 65535:
+            raise UsageError(f"init: --web-port {args.web_port} is not a TCP port")
+        extra.append(("listen", f"127.0.0.1:{args.web_port}"))
+    config_path.write_text(layout_config(extra))
     with open_appliance(load(config_path), warnings=None) as app:
         app.audit.append(cli_actor(), ROLE, "init", str(root), "ok")
     print(config_path)

@@ -35,6 +35,7 @@ from tests.gen.media import (
     TS_PER_PACKET,
     codec_spec,
     dtmf_event_payload,
+    pcm_payloads,
     rtp_header,
     tone_payloads,
 )
@@ -90,6 +91,9 @@ class LegPlan:
     ssrc: int | None = None                    # None = seeded random
     seq_start: int | None = None               # None = seeded random (sometimes close to a wrap)
     ts_start: int | None = None                # None = seeded random (sometimes close to a wrap)
+    # audio to send instead of the tone (int16 mono at the codec's rate; sample 0 = the leg's
+    # first media slot; silence after its end), e.g. synthesised speech for tests/analysis
+    samples: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -463,7 +467,10 @@ class _LegSimulator:
             if not audio:
                 continue
             first, last = audio[0].slot, audio[-1].slot
-            payloads = tone_payloads(cfg.codec, self.leg.tone_hz, first, last - first + 1)
+            if self.leg.samples is not None:
+                payloads = pcm_payloads(cfg.codec, self.leg.samples, first, last - first + 1)
+            else:
+                payloads = tone_payloads(cfg.codec, self.leg.tone_hz, first, last - first + 1)
             for send in audio:
                 send.payload = payloads[send.slot - first]
 

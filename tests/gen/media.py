@@ -103,6 +103,19 @@ def tone_payloads(codec: str, freq_hz: float, first_slot: int, slots: int) -> li
     return [data[i * size:(i + 1) * size] for i in range(slots)]
 
 
+def pcm_payloads(codec: str, pcm: np.ndarray, first_slot: int, slots: int) -> list[bytes]:
+    """Encoded 20 ms payloads for slots ``first_slot .. first_slot+slots-1`` of given audio
+    (int16 mono at the codec's rate, sample 0 at slot 0; zeros past its end)."""
+    spec = codec_spec(codec)
+    spp = spec.samples_per_packet
+    window = np.zeros(slots * spp, dtype=np.int16)
+    piece = np.asarray(pcm, dtype=np.int16)[first_slot * spp:(first_slot + slots) * spp]
+    window[:len(piece)] = piece
+    data = encode(codec, window)
+    size = len(data) // slots
+    return [data[i * size:(i + 1) * size] for i in range(slots)]
+
+
 def rtp_header(payload_type: int, seq: int, timestamp: int, ssrc: int, marker: bool = False) -> bytes:
     """A 12-byte RTP fixed header (RFC 3550 §5.1), version 2, no CSRC/extension/padding."""
     return _RTP_HEADER.pack(0x80, (0x80 if marker else 0) | payload_type,
