@@ -86,7 +86,8 @@ def appliance_from(args: argparse.Namespace, *, recover: bool = True) -> Applian
 # -- init -------------------------------------------------------------------------------------
 
 LAYOUT_PATHS = [("vault_dir", "vault"), ("catalog", "catalog.db"), ("key_dir", "keys"),
-                ("tls_cert", "web/cert.pem"), ("tls_key", "web/key.pem"), ("bundle_dir", "exports")]
+                ("tls_cert", "web/cert.pem"), ("tls_key", "web/key.pem"), ("bundle_dir", "exports"),
+                ("prompt_dir", "prompts"), ("dir", "spool"), ("rejected_dir", "spool/rejected")]
 
 
 def layout_config(extra: list[tuple[str, str]] | None = None) -> str:

@@ -333,3 +333,15 @@ def test_masked_uris_keep_their_host(appliance: Path, capsys: pytest.CaptureFixt
     row = run_json(appliance, capsys, "search", "25672@192.168.105.110")["rows"][0]
     user, _, host = row["caller_uri"].partition("@")
     assert "*" in user and "*" not in host and host.startswith("192.168.105.")
+
+
+def test_init_keeps_every_path_inside_the_appliance(tmp_path: Path) -> None:
+    """A self-contained layout (tests, demos): no setting that names a file or directory points
+    outside DIR, except the shipped Whisper model (read-only, installed by the package)."""
+    from recorderd.config import PATH_SETTINGS, load
+
+    assert main(["init", str(tmp_path / "box")]) == 0
+    config = load(tmp_path / "box" / "recorderd.toml")
+    outside = {f"{section}.{key}" for section, key in PATH_SETTINGS
+               if not Path(config[section][key]).is_relative_to(tmp_path / "box")}
+    assert outside == {"analysis.model_dir"}
