@@ -3,10 +3,11 @@
 Nothing is downloaded (``local_files_only``): a missing or incomplete model directory is a
 :class:`ModelError` naming the setting. One channel at a time: the language is the only
 configured one, or the most likely among the configured ones (Whisper's language detection
-restricted to them); an English-only model (``*.en``) is always English. Decoding is greedy
-then beam search as configured, with temperature fallback limited to 0.0/0.4 (Whisper's six
-steps cost up to six decodes of a bad window), no conditioning on the previous window (it lets
-one hallucination repeat), and repeated 3-grams suppressed.
+restricted to them); an English-only model (``*.en``) is always English. Decoding is beam
+search at temperature 0 only: no temperature fallback, which samples at random, so the same
+audio always gives the same transcript (a compliance record must be reproducible, and a
+fallback costs up to six decodes of a bad window); no conditioning on the previous window (it
+lets one hallucination repeat), and repeated 3-grams suppressed.
 
 ``pause`` is called between decoded windows: the worker's CPU budget sleeps there, and a stop
 request raises out of it.
@@ -97,7 +98,7 @@ class WhisperTranscriber:
         language, prob = self._language(audio)
         pause()
         pieces, _info = self._model.transcribe(
-            audio, language=language, beam_size=self.beam_size, temperature=(0.0, 0.4),
+            audio, language=language, beam_size=self.beam_size, temperature=0.0,
             condition_on_previous_text=False, no_repeat_ngram_size=3, initial_prompt=PROMPTS.get(language),
             vad_filter=False)
         segments = []

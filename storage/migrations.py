@@ -679,8 +679,8 @@ CREATE INDEX recordings_consent_unchecked ON recordings(id)
 # (segments, hits) and the analysis derived from it.
 _ANALYSIS_TRANSCRIPT = """nullif(concat_ws(' ',
            (SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id),
-           (SELECT group_concat(s.text, ' ' ORDER BY s.channel, s.ordinal) FROM transcript_segments s
-            WHERE s.recording_id = r.recording_id)), '')"""
+           (SELECT group_concat(t, ' ') FROM (SELECT s.text AS t FROM transcript_segments s
+            WHERE s.recording_id = r.recording_id ORDER BY s.channel, s.ordinal))), '')"""
 _V7_ANALYSIS = f"""
 CREATE TABLE analysis_queue (
     recording_id TEXT PRIMARY KEY {_CHILD_FK},
@@ -699,11 +699,11 @@ CREATE INDEX analysis_queue_finished ON analysis_queue(finished_at) WHERE finish
 
 CREATE TRIGGER recordings_analysis_finished AFTER UPDATE OF state ON recordings
 WHEN NEW.state IN ('complete', 'partial') AND OLD.state = 'active' BEGIN
-    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, unixepoch('subsec'));
+    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, ((julianday('now') - 2440587.5) * 86400.0));
 END;
 CREATE TRIGGER recordings_analysis_inserted AFTER INSERT ON recordings
 WHEN NEW.state IN ('complete', 'partial') AND NOT EXISTS (SELECT 1 FROM bulk_load) BEGIN
-    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, unixepoch('subsec'));
+    INSERT OR IGNORE INTO analysis_queue (recording_id, enqueued_at) VALUES (NEW.recording_id, ((julianday('now') - 2440587.5) * 86400.0));
 END;
 
 CREATE TABLE transcript_channels (
@@ -776,7 +776,7 @@ WHEN NEW.state = 'purged' AND OLD.state != 'purged' BEGIN
     DELETE FROM transcript_channels WHERE recording_id = NEW.recording_id;
     DELETE FROM phrase_hits WHERE recording_id = NEW.recording_id;
     DELETE FROM call_analysis WHERE recording_id = NEW.recording_id;
-    UPDATE analysis_queue SET state = 'skipped', error = 'purged', finished_at = unixepoch('subsec')
+    UPDATE analysis_queue SET state = 'skipped', error = 'purged', finished_at = ((julianday('now') - 2440587.5) * 86400.0)
     WHERE recording_id = NEW.recording_id;
 END;
 

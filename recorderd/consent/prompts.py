@@ -87,8 +87,8 @@ def synthesise(prompt: PromptText, rate: int) -> bytes:
         raise PromptError(f"prompt {prompt.name}: espeak-ng -v {prompt.voice} failed: "
                           f"{spoken.stderr.decode(errors='replace').strip() or 'no audio'}")
     try:
-        converted = subprocess.run(
-            [_tool("sox"), "-t", "wav", "-", "-t", "wav", "-e", "signed-integer", "-b", "16", "-c", "1", "-",
+        converted = subprocess.run(   # -D: no dither, so the same text always makes the same file
+            [_tool("sox"), "-D", "-t", "wav", "-", "-t", "wav", "-e", "signed-integer", "-b", "16", "-c", "1", "-",
              "gain", "-n", str(PEAK_DBFS), "rate", "-h", str(rate)],
             input=spoken.stdout, capture_output=True, timeout=TOOL_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:

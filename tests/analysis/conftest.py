@@ -49,7 +49,8 @@ def speak(text: str, voice: str, rate: int, workdir: Path) -> np.ndarray:
     """espeak-ng speech resampled by sox to ``rate``: int16 mono."""
     raw, out = workdir / "espeak.wav", workdir / f"speech-{rate}.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True, timeout=30)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-b", "16", "-c", "1", str(out)], check=True, timeout=30)
+    # -D: no dither (sox adds random TPDF dither when it resamples), so a test hears the same audio each run
+    subprocess.run(["sox", "-D", str(raw), "-r", str(rate), "-b", "16", "-c", "1", str(out)], check=True, timeout=30)
     audio, got = sf.read(out, dtype="int16")
     assert got == rate
     return np.asarray(audio)

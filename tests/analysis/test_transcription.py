@@ -82,8 +82,8 @@ def test_speech_is_transcribed_per_channel_and_found_by_search(tmp_path: Path, t
     status = cli_json(config, capsys, "analysis", "status")
     assert status["backlog"] == 1 and status["counts"]["done"] == 1
     assert main(["--config", str(config), "analysis", "run", "--once"]) == 0
-    assert found(config, capsys, "请问您") == [zh_id]
     zh_view = cli_json(config, capsys, "analysis", "show", zh_id)
+    assert found(config, capsys, "请问您") == [zh_id], [s["text"] for s in zh_view["segments"]]
     assert [(c["channel"], c["language"]) for c in zh_view["channels"] if c["language"]] == [(1, "zh")]
     assert all(s["channel"] == 1 for s in zh_view["segments"])      # the caller's silent leg has no text
     status = cli_json(config, capsys, "analysis", "status")
