@@ -6,7 +6,10 @@
 3. SIPp places three calls (7 s of G.711 speech and a DTMF digit each) to a SIPp UAS that
    echoes the audio back, so both legs are recorded;
 4. the recordings appear: `recorderd search`, one is decrypted with `export-audio`;
-5. with a terminal, the daemon keeps running (metrics on 127.0.0.1:9464) until Ctrl-C.
+5. the console: `recorderd web` on https://127.0.0.1:8443 (self-signed certificate) with a demo
+   admin whose password and TOTP secret are printed (made fresh each run, never shipped);
+6. with a terminal, the daemon and the console keep running (metrics on 127.0.0.1:9464)
+   until Ctrl-C.
 
 `scripts/demo.py --replay` instead generates a capture with known calls (loss, hold, a G.722
 call over SIP/TCP on a VLAN) and replays it offline into plaintext WAV + JSON.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -41,6 +46,16 @@ def cli(config: Path, *argv: str) -> str:
     return result.stdout
 
 
+def demo_admin(config: Path) -> tuple[str, str, str]:
+    """(user, password, TOTP secret) of a console admin made for this demo run only."""
+    user, password = "demo-admin", secrets.token_urlsafe(12)
+    made = subprocess.run([sys.executable, "-m", "recorderd", "--config", str(config), "user", "add", user,
+                           "--role", "admin", "--password-stdin"], input=password + "\n", capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    found = re.search(r"secret=([A-Z2-7]+)", made.stdout)
+    return user, password, found.group(1) if found else "?"
+
+
 def live_demo() -> int:
     shutil.rmtree(DEMO / "appliance", ignore_errors=True)
     DEMO.mkdir(exist_ok=True)
@@ -54,6 +69,9 @@ def live_demo() -> int:
         shutil.copy(SIPP_SHARE / name, sipp_dir / "pcap" / name)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     daemon = subprocess.Popen([sys.executable, "-m", "recorderd", "--config", str(config), "run"], env=env)
+    user, password, totp_secret = demo_admin(config)
+    web = subprocess.Popen([sys.executable, "-m", "recorderd", "--config", str(config), "web"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2.0)
     print("\nrecorderd run is capturing on lo; SIPp places 3 calls (about 12 s) ...\n")
     uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", "5062", "-mp", "16000", "-rtp_echo",
@@ -73,11 +91,16 @@ def live_demo() -> int:
             print(f"decrypted one recording: play {wav.relative_to(REPO)}   (left: caller, right: callee)")
         print(f"all of them: RECORDERD_CONFIG={config.relative_to(REPO)} .venv/bin/recorderd search --unmask")
         print("audit trail check: .venv/bin/recorderd --config", config.relative_to(REPO), "audit verify")
+        print("\nconsole: https://127.0.0.1:8443 (self-signed certificate: accept it in the browser)")
+        print(f"  user {user}   password {password}")
+        print(f"  TOTP secret {totp_secret} (an authenticator app, or the current code with:")
+        print(f"  .venv/bin/python -c \"import pyotp; print(pyotp.TOTP('{totp_secret}').now())\")")
         if sys.stdin.isatty():
             print("\nthe daemon keeps recording (metrics: curl -s 127.0.0.1:9464/metrics); Ctrl-C stops it")
             with contextlib.suppress(KeyboardInterrupt):
                 daemon.wait()
     finally:
+        web.terminate()
         uas.terminate()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
