@@ -119,6 +119,7 @@ class RateResult:
     drained: bool = False
     catch_up_s: float = 0.0         # after the replay, until the daemon had finished every call
     cpu_s: float = 0.0
+    cpu_split: list[float] = field(default_factory=list)   # per process (the fanout daemon, then its workers)
     peak_rss_kb: int = 0
     tcpdump: TcpdumpStats | None = None
     recordings: RecordingCounts | None = None
@@ -190,21 +191,47 @@ def wait_for_text(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: 
     raise RuntimeError(f"no {text!r} from {proc.args!r}: {log.read_text(errors='replace')[-1500:]}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (/proc/PID/stat fields 14 and 15, proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK   # fields after "(comm)" start at field 3
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon's worker processes with capture.workers > 1),
+    from /proc/PID/task/TID/children of every thread (a restarted worker is the child of the
+    thread that started it)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """utime + stime of every thread of ``pid`` and of each descendant (/proc/PID/stat fields
+    14 and 15, proc(5))."""
+    found = {}
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[member] = (int(fields[11]) + int(fields[12])) / CLK_TCK   # fields after "(comm)" start at field 3
+    return found
 
 
 def peak_rss_kb(pid: int) -> int:
-    """VmHWM: the process's own RSS high-water mark (not inherited across exec, unlike ru_maxrss)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """VmHWM summed over ``pid`` and its descendants: each process's own RSS high-water mark
+    (not inherited across exec, unlike ru_maxrss)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 # -- network namespace -----------------------------------------------------------------------
@@ -458,7 +485,7 @@ def run_rate(s: Settings, capture: CaptureInfo, children: Children) -> RateResul
         preload = capture.size < available_memory() // 2
         print(f"[{capture.calls} calls] tcpreplay {' '.join(pacing_options(s.timing, capture))} "
               f"{'-K' if preload else '(no -K: file > RAM/2)'}: {capture.frames:,} packets ...", file=sys.stderr)
-        cpu_before = cpu_seconds(daemon.pid)
+        cpu_before = cpu_by_process(daemon.pid)
         result.replay = run_tcpreplay(s.link, capture, s.load_cpus, s.timing, preload, run_dir / "tcpreplay.log",
                                       3 * capture.seconds + 120, lambda: notify.status)
         if result.replay.exit_code != 0:
@@ -466,7 +493,9 @@ def run_rate(s: Settings, capture: CaptureInfo, children: Children) -> RateResul
         print(f"[{capture.calls} calls] waiting for the daemon to finish the calls "
               f"(at most {s.drain_timeout:g} s) ...", file=sys.stderr)
         result.drained, result.catch_up_s, result.metrics = wait_until_drained(s.link, port, capture.calls, s.drain_timeout)
-        result.cpu_s = cpu_seconds(daemon.pid) - cpu_before
+        cpu_after = cpu_by_process(daemon.pid)
+        result.cpu_split = [seconds - cpu_before.get(member, 0.0) for member, seconds in cpu_after.items()]
+        result.cpu_s = sum(result.cpu_split)
         result.tcpdump = stop_tcpdump(tcpdump, run_dir / "tcpdump.log")
         result.peak_rss_kb = peak_rss_kb(daemon.pid)
         result.daemon_exit = stop_process(daemon, signal.SIGTERM, STOP_TIMEOUT_S, lambda: _track_rss(result, daemon))
@@ -554,7 +583,9 @@ def report_line(r: RateResult) -> str:
     states = ", ".join(f"{n} {state}" for state, n in sorted(r.recordings.states.items()))
     detail = (f"{'':>6} sent {r.replay.packets:,} in {r.replay.seconds:.1f} s (failed {r.replay.failed}); "
               f"daemon saw {int(r.metrics.get('recorderd_packets_total', 0)):,}, tcpdump "
-              f"{r.tcpdump.received:,}; CPU {r.cpu_s:.1f} s; finished the calls {r.catch_up_s:.0f} s after the "
+              f"{r.tcpdump.received:,}; CPU {r.cpu_s:.1f} s"
+              f"{' (' + ' + '.join(f'{s:.1f}' for s in r.cpu_split) + ' by process)' if len(r.cpu_split) > 1 else ''}"
+              f"; finished the calls {r.catch_up_s:.0f} s after the "
               f"replay; catalog: {r.recordings.listed} rows ({states}), "
               f"durations {min(r.recordings.durations, default=0):.2f}-{max(r.recordings.durations, default=0):.2f} s"
               f"{'' if r.drained else '; NOT DRAINED in time'}")
@@ -630,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     results: list[RateResult] = []
     per_rate = args.seconds + 1.5 + args.drain_timeout + 30
+    load_before = os.getloadavg()
     print(f"live benchmark: rates {args.rates}, {args.seconds:g} s calls, at most ~"
           f"{len(args.rates) * (per_rate + 3 * args.seconds + 120) / 60:.0f} min (typically "
           f"{len(args.rates) * per_rate / 60:.0f} min plus capture generation)", file=sys.stderr)
@@ -648,8 +680,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     where = f"veth pair in a namespace ({link.rx})" if link.netns else link.rx
-    print(f"live capture on {where}; daemon pinned to cpus {args.daemon_cpus}, tcpreplay ({args.timing} "
-          f"timing) and tcpdump to {args.load_cpus}; G.711 calls of {args.seconds:g} s, 100 packets/s per call")
+    workers = next((value for section, key, value in overrides if (section, key) == ("capture", "workers")), "1")
+    print(f"live capture on {where}; daemon ({workers} worker process{'es' if workers != '1' else ''}; CPU and "
+          f"RSS summed over its processes) pinned to cpus {args.daemon_cpus}, tcpreplay ({args.timing} "
+          f"timing) and tcpdump to {args.load_cpus}; G.711 calls of {args.seconds:g} s, 100 packets/s per call; "
+          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(HEADER)
     for result in results:
         print(report_line(result))

@@ -61,6 +61,7 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_FANOUT = 18
+PACKET_FANOUT_DATA = 22
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 TPACKET_V3 = 2
@@ -78,8 +79,10 @@ TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 ETH_P_8021Q = 0x8100
 
-FANOUT_MODES = {"hash": 0, "lb": 1, "cpu": 2, "rollover": 3, "random": 4, "qm": 5}
+FANOUT_MODES = {"hash": 0, "lb": 1, "cpu": 2, "rollover": 3, "random": 4, "qm": 5, "cbpf": 6}
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000   # reassemble IP fragments before hashing: one flow, one socket
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # the kernel picks an unused group id (joined with id 0)
+NEW_FANOUT_GROUP = -1                 # LiveCapture(fanout_group=...): start a group, id chosen by the kernel
 
 # Classic BPF ancillary load of skb->pkt_type (linux/filter.h: SKF_AD_OFF + SKF_AD_PKTTYPE).
 _SKF_AD_PKTTYPE = (-0x1000 + 4) & 0xFFFFFFFF
@@ -95,6 +98,8 @@ _LINKTYPES = {ARPHRD_ETHER: LINKTYPE_ETHERNET, ARPHRD_LOOPBACK: LINKTYPE_ETHERNE
 _BLOCK_HEADER = struct.Struct("=IIII")       # block_status, num_pkts, offset_to_first_pkt, blk_len
 _BLOCK_HEADER_AT = 8                         # after version and offset_to_priv
 _BLOCK_STATUS = struct.Struct("=I")
+_BLOCK_SEQ = struct.Struct("=Q")
+_BLOCK_SEQ_AT = 24                           # tpacket_hdr_v1.seq_num (after four u32 fields)
 _NEXT_OFFSET = struct.Struct("=I")
 _NEXT_DTYPE = np.dtype("=u4")
 _STATS_V3 = struct.Struct("=III")            # tp_packets, tp_drops, tp_freeze_q_cnt
@@ -164,13 +169,16 @@ class CaptureStats:
 
 
 def fanout_argument(group: int, mode: str) -> int:
-    """The PACKET_FANOUT option value: group id in the low 16 bits, mode and flags above."""
-    if not 0 <= group <= 0xFFFF:
+    """The PACKET_FANOUT option value: group id in the low 16 bits, mode and flags above;
+    NEW_FANOUT_GROUP asks the kernel for an unused id."""
+    unique = group == NEW_FANOUT_GROUP
+    if not unique and not 0 <= group <= 0xFFFF:
         raise ValueError(f"fanout group {group} is not in 0..65535")
     if mode not in FANOUT_MODES:
         raise ValueError(f"fanout mode {mode!r} is not one of {sorted(FANOUT_MODES)}")
     flags = PACKET_FANOUT_FLAG_DEFRAG if mode == "hash" else 0
-    return group | (FANOUT_MODES[mode] | flags) << 16
+    flags |= PACKET_FANOUT_FLAG_UNIQUEID if unique else 0
+    return (0 if unique else group) | (FANOUT_MODES[mode] | flags) << 16
 
 
 class _SockFprog(ctypes.Structure):
@@ -179,12 +187,17 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def attach_filter(sock: socket.socket, program: list[Instruction]) -> None:
-    """SO_ATTACH_FILTER: hand a classic BPF program to the kernel (it copies the array)."""
+def _set_program(sock: socket.socket, level: int, option: int, program: list[Instruction]) -> None:
+    """Hand a classic BPF program to the kernel as a struct sock_fprog (it copies the array)."""
     code = pack_program(program)
     array = ctypes.create_string_buffer(code, len(code))
     fprog = _SockFprog(len(program), ctypes.addressof(array))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    sock.setsockopt(level, option, bytes(fprog))
+
+
+def attach_filter(sock: socket.socket, program: list[Instruction]) -> None:
+    """SO_ATTACH_FILTER: the socket's filter."""
+    _set_program(sock, socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
 
 
 def _interface_request(sock: socket.socket, interface: str, request: int) -> bytes:
@@ -292,16 +305,53 @@ class LiveCapture:
     see `interface_linktype`); None keeps every packet.  With `fanout_group`, several captures
     (in one process or many) on the same interface share its traffic: each packet goes to
     exactly one of them, chosen by `fanout_mode` ("hash": by flow, both directions alike, IP
-    fragments reassembled first).  One thread reads; `stats()` and `close()` may come from
-    another."""
+    fragments reassembled first; "cbpf": `fanout_program` returns the member's index, in the
+    order the members joined).  NEW_FANOUT_GROUP starts a group with an id the kernel picks
+    (`fanout_group` holds it afterwards).  One thread reads; `stats()` and `close()` may come
+    from another.
+
+    `attach()` reads the ring of a socket that another process set up and handed over (the
+    fanout daemon's workers): that process keeps the socket, so the ring, the group
+    membership and the kernel counters outlive a reader that dies."""
 
     def __init__(self, interface: str, *, bpf: list[Instruction] | None, promiscuous: bool = True,
                  ring: RingSettings | None = None, fanout_group: int | None = None,
-                 fanout_mode: str = "hash") -> None:
+                 fanout_mode: str = "hash", fanout_program: list[Instruction] | None = None) -> None:
+        self._setup(interface, ring)
+        self.fanout_group = fanout_group
+        fanout = fanout_argument(fanout_group, fanout_mode) if fanout_group is not None else None
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self._ring_map = self._open(bpf, promiscuous, fanout, fanout_program)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._poller = select.poll()
+        self._poller.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
+
+    @classmethod
+    def attach(cls, fd: int, interface: str, *, linktype: int, ring: RingSettings) -> LiveCapture:
+        """Read the ring of the configured, bound packet socket `fd` (inherited from the process
+        that opened it with the same `ring`).  Blocks that process's reader left unread are
+        read first, oldest first (by block sequence number).  stats() is left to the owner
+        of the socket: the kernel resets the counters on every read."""
+        capture = cls.__new__(cls)
+        capture._setup(interface, ring)
+        capture.fanout_group = None
+        capture.linktype = linktype
+        capture._attached = True
+        capture._synced = False
+        capture._sock = socket.socket(fileno=fd)
+        capture._ring_map = mmap.mmap(fd, ring.block_size * ring.block_count, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)
+        capture._poller = select.poll()
+        capture._poller.register(fd, select.POLLIN | select.POLLERR)
+        return capture
+
+    def _setup(self, interface: str, ring: RingSettings | None) -> None:
         self.interface = interface
         self.ring = ring if ring is not None else RingSettings()
         self.ring.check()
-        fanout = fanout_argument(fanout_group, fanout_mode) if fanout_group is not None else None
         self.errors: Counter[str] = Counter()      # frames the walk could not place, by reason
         self.frames = 0                             # frames yielded so far
         self.linktype = LINKTYPE_ETHERNET
@@ -311,18 +361,14 @@ class LiveCapture:
         self._totals = [0, 0, 0]                    # accumulated tpacket_stats_v3
         self._current = 0                           # the next block to hand over, in ring order
         self._closed = False
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            self._ring_map = self._open(bpf, promiscuous, fanout)
-        except BaseException:
-            self._sock.close()
-            raise
-        self._poller = select.poll()
-        self._poller.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
+        self._attached = False                      # reading a ring another process set up
+        self._handed_over = False                   # another process reads this ring
+        self._synced = True                         # _current is the kernel's next block
 
     # -- set-up -----------------------------------------------------------------------------------
 
-    def _open(self, bpf: list[Instruction] | None, promiscuous: bool, fanout: int | None) -> mmap.mmap:
+    def _open(self, bpf: list[Instruction] | None, promiscuous: bool, fanout: int | None,
+              fanout_program: list[Instruction] | None) -> mmap.mmap:
         """Set the socket up so that nothing unfiltered is seen: it was made with protocol 0,
         so no packet reaches it before bind(), and the filter is in place by then."""
         sock = self._sock
@@ -346,6 +392,10 @@ class LiveCapture:
             if fanout is not None:
                 # After bind(), as required; packed because the value may not fit a C int.
                 sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", fanout))
+                (joined,) = struct.unpack("=I", sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))
+                self.fanout_group = joined & 0xFFFF
+                if fanout_program is not None:   # PACKET_FANOUT_CBPF: one program for the group
+                    _set_program(sock, SOL_PACKET, PACKET_FANOUT_DATA, fanout_program)
         except BaseException:
             ring_map.close()
             raise
@@ -372,14 +422,31 @@ class LiveCapture:
     def poll_once(self, timeout_s: float) -> FrameBatch | None:
         """The next retired block as a batch, waiting at most `timeout_s`; None if none came."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._handed_over:
                 return None
+            if not self._synced:
+                self._resync()
             if not self._block_ready():
                 self._poller.poll(max(0, int(timeout_s * 1000)))
-                if not self._block_ready():
+                if not self._block_ready() and not self._resync():
                     return None
             data, count, first = self._take_block()
         return self._batch(data, count, first)
+
+    def _resync(self) -> bool:
+        """An attached ring: start at the oldest block handed to user space (the kernel fills
+        and hands over blocks in ring order, numbering them); True once found."""
+        if self._synced:
+            return False
+        ready = []
+        for index in range(self.ring.block_count):
+            base = index * self.ring.block_size
+            if _BLOCK_STATUS.unpack_from(self._ring_map, base + _BLOCK_HEADER_AT)[0] & TP_STATUS_USER:
+                ready.append((_BLOCK_SEQ.unpack_from(self._ring_map, base + _BLOCK_SEQ_AT)[0], index))
+        if ready:
+            self._current = min(ready)[1]
+            self._synced = True
+        return self._synced
 
     def _block_ready(self) -> bool:
         base = self._current * self.ring.block_size + _BLOCK_HEADER_AT
@@ -414,6 +481,15 @@ class LiveCapture:
         self.frames += len(offsets)
         return FrameBatch(self.linktype, data, offsets, lengths, ts)
 
+    def hand_over(self) -> None:
+        """Another process reads this ring (`attach()` on this socket): unmap it here.  The
+        socket keeps the ring, the filter, the fanout membership and the counters; stats()
+        and close() still work, batches come no more."""
+        with self._lock:
+            if not self._handed_over and not self._closed:
+                self._ring_map.close()
+                self._handed_over = True
+
     # -- counters and the end ---------------------------------------------------------------------
 
     def stats(self) -> CaptureStats:
@@ -432,7 +508,8 @@ class LiveCapture:
         with self._lock:
             if self._closed:
                 return
-            self.stats()
+            if not self._attached:
+                self.stats()
             with self._stats_lock:
                 self._closed = True
             self._poller.unregister(self._sock.fileno())

@@ -58,6 +58,8 @@ class Call:
     sdp_events: list[SdpEvent] = field(default_factory=list)
     media_kinds: set[str] = field(default_factory=set)
     media_addresses: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # (side, m-index)
+    first_audio: dict[int, int] = field(default_factory=dict)   # side -> port of its first audio SDP
+    media_elsewhere: bool = False   # fanout: another worker records it (capture.fanout)
 
     @property
     def caller(self) -> str:
@@ -211,6 +213,8 @@ class DialogTracker:
             address = media.connection
             if not media.port or not address or address in HOLD_ADDRESSES:
                 continue  # rejected stream, or hold by the RFC 2543 c=0.0.0.0 convention
+            if media.kind == "audio":
+                call.first_audio.setdefault(author, media.port)
             self.expectations.claim(address, media.port, call_key=call.key, author_channel=author,
                                     kind=media.kind, codecs=codecs, secure=secure)
             mine = (address, media.port)
@@ -248,6 +252,13 @@ class DialogTracker:
             self._forget(call)
         return done
 
+    def end(self, key: str, ts: float, reason: str) -> None:
+        """End a call for a reason signalling did not show here (fanout: the worker recording
+        it saw its media time out); it leaves after the linger time."""
+        call = self.calls.get(key)
+        if call is not None and not call.ended:
+            self._end(call, ts, reason)
+
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.key, None)
         self.expectations.release_call(call.key)
@@ -258,6 +269,8 @@ class DialogTracker:
             challenged = call.end_reason in ("rejected_401", "rejected_407")
             return now - call.ended_at > (s.challenge_linger_s if challenged else s.linger_s)
         idle = now - call.last_activity
+        if call.media_elsewhere:   # its media may never come here: the recording worker ends it
+            return idle > max(s.hold_timeout_s, s.setup_timeout_s)
         if call.answered_at is None:
             return idle > s.setup_timeout_s
         return idle > (s.hold_timeout_s if call.on_hold else s.media_timeout_s)

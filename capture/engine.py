@@ -24,13 +24,14 @@ from capture.codecs import CodecSpec
 from capture.dialogs import Call, DialogTracker, TrackerSettings
 from capture.errors import ParseError
 from capture.expectations import MediaExpectation
+from capture.fanout import take_frames
 from capture.mediabatch import BatchPackets, MediaBatchProcessor, PayloadOf, StreamWork
 from capture.netdecode import PacketDecoder
 from capture.packets import KIND_MESSAGE, KIND_RTP, KIND_TCP, PacketArrays, decode_batch
 from capture.pcapio import FrameBatch
 from capture.recording import call_identity, recording_metadata
 from capture.rtp import parse_rtp_headers
-from capture.sip import looks_like_sip, parse_sip
+from capture.sip import SipMessage, looks_like_sip, parse_sip
 from capture.srtp import SrtpReceiver, supported_suite
 from capture.streams import MediaStream
 from capture.tcpstream import SipTcpReassembler
@@ -49,6 +50,22 @@ class RecordingSink(Protocol):
     def close(self, handle: Any, metadata: dict[str, Any]) -> None: ...
     def discard(self, handle: Any) -> None: ...
     def not_recorded(self, metadata: dict[str, Any]) -> None: ...
+
+
+class MediaRouter(Protocol):
+    """Fanout over worker processes (capture.fanout.FanoutRouter): which worker records a call.
+
+    Every worker sees all signalling; a worker opens media state and writes outputs only for
+    the calls it owns, forwards the media of others' calls that lands on it, and holds back
+    media whose owner is not fixed yet."""
+
+    worker: int
+
+    def on_signalling(self, call: Call, message: SipMessage) -> None: ...
+    def owner(self, call: Call) -> int | None: ...
+    def records(self, call: Call) -> bool: ...
+    def forward(self, worker: int, frames: FrameBatch) -> None: ...
+    def hold(self, frames: FrameBatch, forwardable: np.ndarray) -> None: ...
 
 
 @dataclass(slots=True)
@@ -86,9 +103,11 @@ class CallMedia:
 
 
 class CaptureEngine:
-    def __init__(self, sink: RecordingSink, settings: EngineSettings | None = None) -> None:
+    def __init__(self, sink: RecordingSink, settings: EngineSettings | None = None,
+                 router: MediaRouter | None = None) -> None:
         self.settings = settings or EngineSettings()
         self.sink = sink
+        self.router = router                      # None: this engine records every call
         self.tracker = DialogTracker(self.settings.tracker)
         self.decoder = PacketDecoder()
         self.tcp = SipTcpReassembler()
@@ -104,7 +123,9 @@ class CaptureEngine:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def feed(self, batch: FrameBatch) -> None:
+    def feed(self, batch: FrameBatch, forwardable: np.ndarray | None = None) -> None:
+        """Decode and record one batch.  With a router, `forwardable` flags the frames that
+        only this worker has (None: all), which it may forward to the call's owner."""
         if not len(batch):
             return
         arrays = decode_batch(batch, self.decoder, self.tracker.expectations.addresses, self.errors)
@@ -120,7 +141,7 @@ class CaptureEngine:
             if i < n:
                 self._message(arrays, i)
             start = i + 1
-        self._media(arrays, matched, claims)
+        self._media(arrays, matched, claims, batch, forwardable)
         self.now = max(self.now, float(arrays.ts.max()))
         self._housekeeping()
 
@@ -159,9 +180,12 @@ class CaptureEngine:
         self.counters["sip_messages"] += 1
         try:
             message = parse_sip(data)
-            self.tracker.on_message(message, ts, src, dst)
+            call = self.tracker.on_message(message, ts, src, dst)
         except ParseError as err:
             self.errors[err.reason] += 1
+            return
+        if self.router is not None and call is not None:
+            self.router.on_signalling(call, message)
 
     def _zrtp(self, src: tuple[str, int], dst: tuple[str, int]) -> None:
         """ZRTP (RFC 6189) negotiates keys in-band: the media after it cannot be decrypted."""
@@ -173,7 +197,8 @@ class CaptureEngine:
 
     # -- media ---------------------------------------------------------------------------------
 
-    def _media(self, arrays: PacketArrays, matched: np.ndarray, claims: dict[int, MediaExpectation]) -> None:
+    def _media(self, arrays: PacketArrays, matched: np.ndarray, claims: dict[int, MediaExpectation],
+               source: FrameBatch, forwardable: np.ndarray | None) -> None:
         idx = np.flatnonzero(matched >= 0)
         if not len(idx):
             return
@@ -190,8 +215,11 @@ class CaptureEngine:
         audio_rows: list[np.ndarray] = []
         plan: list[tuple[MediaExpectation, int, int]] = []   # claim, ssrc, first packet index
         first_arrival: dict[str, float] = {}
+        routed: dict[int | None, list[np.ndarray]] = {}
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             claim = claims[int(ident[a])]
+            if self.router is not None and self._routed_away(claim, idx[a:b], routed):
+                continue
             if claim.call_key in self.refused or (self.paused_reason and claim.call_key not in self.media):
                 self.refused.setdefault(claim.call_key, self.paused_reason or "refused")
                 self.counters["rtp_not_recorded"] += b - a
@@ -204,6 +232,8 @@ class CaptureEngine:
             plan.append((claim, int(ssrc[a]), int(idx[a])))
             t = float(arrays.ts[idx[a]])
             first_arrival[claim.call_key] = min(first_arrival.get(claim.call_key, t), t)
+        if routed:
+            self._send_routed(source, routed, forwardable)
         if not plan:
             return
         for key, t in first_arrival.items():
@@ -221,6 +251,35 @@ class CaptureEngine:
                 for claim, stream_ssrc, first in plan]
         for reason, count in self.media_pass.process(batch, work).items():
             self.errors[reason] += count
+
+    def _routed_away(self, claim: MediaExpectation, rows: np.ndarray,
+                     routed: dict[int | None, list[np.ndarray]]) -> bool:
+        """Fanout: False when this worker records the stream's call; otherwise its packets are
+        set aside for the owner (None: owner not fixed yet)."""
+        assert self.router is not None
+        owner = self.router.owner(self.tracker.calls[claim.call_key])
+        if owner == self.router.worker:
+            return False
+        routed.setdefault(owner, []).append(rows)
+        return True
+
+    def _send_routed(self, batch: FrameBatch, routed: dict[int | None, list[np.ndarray]],
+                     forwardable: np.ndarray | None) -> None:
+        """Media of calls another worker records goes to it, unless that worker has the
+        frames itself (not forwardable); media of calls without an owner yet is held back."""
+        assert self.router is not None
+        for owner, parts in routed.items():
+            rows = np.sort(np.concatenate(parts))
+            flags = forwardable[rows] if forwardable is not None else np.ones(len(rows), bool)
+            if owner is None:
+                self.counters["rtp_held"] += len(rows)
+                self.router.hold(take_frames(batch, rows), flags)
+                continue
+            self.counters["rtp_elsewhere"] += int(len(rows) - np.count_nonzero(flags))
+            rows = rows[flags]
+            if len(rows):
+                self.counters["rtp_forwarded"] += len(rows)
+                self.router.forward(owner, take_frames(batch, rows))
 
     def _prepare_call(self, key: str, first: float) -> None:
         """Open the recording at the call's first media packet; after a quiet spell, write the
@@ -332,12 +391,26 @@ class CaptureEngine:
         """Record new calls again (calls refused meanwhile stay unrecorded to their end)."""
         self.paused_reason = None
 
+    def take_over(self, tracker: DialogTracker, stopped: dict[str, str]) -> None:
+        """Continue from another engine's signalling state (fanout: a restarted worker starts
+        from a peer's dialogs and expectations, so it knows the calls already in progress).
+        The calls in `stopped` (key -> reason) are recorded no further: their recordings were
+        closed elsewhere (recovered as partial), and they end without a row of their own."""
+        self.tracker = tracker
+        for key, reason in stopped.items():
+            self.refused[key] = reason
+            self.closed_early.add(key)
+
     def finish(self) -> None:
         """End of input: every open call ends now and is written out."""
         for call in self.tracker.close_all():
             self._finish_call(call)
 
     def _finish_call(self, call: Call) -> None:
+        if self.router is not None and not self.router.records(call):
+            self.refused.pop(call.key, None)      # another worker records it (or lists it)
+            self.counters["calls_elsewhere"] += 1
+            return
         media = self.media.pop(call.key, None)
         self.counters["calls"] += 1
         refused = self.refused.pop(call.key, None)

@@ -45,6 +45,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "promiscuous": Setting(bool, True),
         "ring_block_kib": Setting(int, 1024, 64, 65536),
         "ring_blocks": Setting(int, 64, 2, 4096),
+        "workers": Setting(int, 1, 1, 64),   # fanout worker processes (recorderd/fanout.py)
     },
     "daemon": {
         "queue_batches": Setting(int, 1024, 8, 1_000_000),
@@ -61,9 +62,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "catalog": Setting(str, "/var/lib/recorderd/catalog.db"),
         "key_dir": Setting(str, "/etc/recorderd/keys"),
         "agent_header": Setting(str, "X-Agent-ID"),
-        "live_segment_kib": Setting(int, 8, 4, 1024),
         "agent_source": Setting(str, "header"),
         "agent_extensions": Setting(list, []),
+        "live_segment_kib": Setting(int, 8, 4, 1024),
         "sync_interval_s": Setting(float, 1.0, 0.0, 60.0),
     },
     "audit": {

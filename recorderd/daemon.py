@@ -30,15 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from capture.afpacket import LiveCapture, RingSettings
-from capture.bpf import DEFAULT_FILTER, compile_filter
+from capture.bpf import DEFAULT_FILTER, Instruction, compile_filter
 from capture.engine import CaptureEngine
 from capture.pcapio import MAX_BATCH_SPAN_S, FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
 from recorderd.config import ConfigError, engine_settings, load
+from recorderd.consent.sweep import ConsentStage, start_consent_stage
 from recorderd.logsetup import configure_logging
 from recorderd.metrics import Metric, MetricsServer
 from recorderd.sdnotify import Heartbeats, Notifier, WatchdogThread
 from storage.recordingsink import VaultSink
+from storage.spool import SpoolWatcher, start_watcher
 
 log = logging.getLogger("recorderd.daemon")
 MIB = 1 << 20
@@ -73,6 +75,38 @@ class DiskGuard:
             log.warning("disk free %d MiB again: recording resumed", free // MIB)
 
 
+def vault_sink(appliance: Appliance, config: dict[str, dict[str, Any]]) -> VaultSink:
+    """The engine's sink in the live daemon: small live segments, made durable by the
+    vault-sync thread rather than an fsync per call."""
+    return VaultSink(appliance.vault_dir, appliance.keys, appliance.catalog, appliance.audit, actor="recorderd",
+                     segment_size=config["storage"]["live_segment_kib"] * 1024, fsync_every_segments=0)
+
+
+def disk_guard(vault_dir: Path, daemon_cfg: dict[str, Any]) -> DiskGuard:
+    return DiskGuard(vault_dir, daemon_cfg["min_free_mb"] * MIB, daemon_cfg["resume_free_mb"] * MIB)
+
+
+def capture_filter(capture_cfg: dict[str, Any]) -> list[Instruction]:
+    """capture.bpf_filter compiled for the kernel ("default": capture.bpf.DEFAULT_FILTER)."""
+    expression = DEFAULT_FILTER if capture_cfg["bpf_filter"] == "default" else capture_cfg["bpf_filter"]
+    return compile_filter(expression)
+
+
+def ring_settings(capture_cfg: dict[str, Any]) -> RingSettings:
+    return RingSettings(block_size=capture_cfg["ring_block_kib"] * 1024, block_count=capture_cfg["ring_blocks"])
+
+
+@dataclass
+class RecordingFigures:
+    """What the status line and the metrics say about recording."""
+
+    active: int                 # calls being recorded now
+    oldest: float | None        # start of the oldest of them
+    counters: Counter[str]      # CaptureEngine.counters
+    errors: Counter[str]        # parse errors by reason
+    paused: bool                # under the disk floor
+
+
 @dataclass
 class LiveStats:
     packets: Counter[str] = field(default_factory=Counter)   # per interface, from the kernel
@@ -95,6 +129,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.heartbeats: Heartbeats | None = None
         self.watchdog: WatchdogThread | None = None
+        self.spool: SpoolWatcher | None = None     # spool import, when [spool] enabled (storage/spool.py)
+        self.consent: ConsentStage | None = None   # consent check + linking (recorderd/consent/sweep.py)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -108,26 +144,15 @@ class Daemon:
         self.appliance = open_appliance(self.config)
         for rec in self.appliance.recovered:
             log.warning("recovered %s: %s", rec.recording_id, rec.note)
-        sink = VaultSink(self.appliance.vault_dir, self.appliance.keys, self.appliance.catalog,
-                         self.appliance.audit, actor="recorderd",
-                         segment_size=self.config["storage"]["live_segment_kib"] * 1024,
-                         fsync_every_segments=0)   # the vault-sync thread makes live audio durable
-        self.engine = CaptureEngine(sink, engine_settings(self.config))
-        self.disk = DiskGuard(self.appliance.vault_dir, daemon_cfg["min_free_mb"] * MIB,
-                              daemon_cfg["resume_free_mb"] * MIB)
-        expression = DEFAULT_FILTER if capture_cfg["bpf_filter"] == "default" else capture_cfg["bpf_filter"]
-        program = compile_filter(expression)
-        ring = RingSettings(block_size=capture_cfg["ring_block_kib"] * 1024, block_count=capture_cfg["ring_blocks"])
-        for interface in capture_cfg["interfaces"]:
-            self.captures.append(LiveCapture(interface, bpf=program, promiscuous=capture_cfg["promiscuous"],
-                                             ring=ring))
-        stages = [f"capture:{c}" for c in capture_cfg["interfaces"]] + ["engine"] + (["vault-sync"] if sync_interval else [])
+        stages = self._open_pipeline()
+        self.consent = start_consent_stage(self.appliance, self.config)   # None unless consent.enabled
+        stages += ["spool"] if self.config["spool"]["enabled"] else []
         self.heartbeats = Heartbeats(stages, daemon_cfg["stage_max_age_s"])
-        if sync_interval:
-            self._spawn("vault-sync", self._sync_loop, sync_interval)
-        for name, capture in zip(capture_cfg["interfaces"], self.captures, strict=True):
-            self._spawn(f"capture-{name}", self._capture_loop, name, capture)
-        self._spawn("engine", self._engine_loop)
+        if self.config["spool"]["enabled"]:
+            beat = self.heartbeats.beat
+            self.spool = start_watcher(self.config["spool"], self.appliance.vault_dir, self.appliance.keys,
+                                       self.appliance.catalog, self.appliance.audit, lambda: beat("spool"))
+        self._start_pipeline()
         self._start_metrics(daemon_cfg["metrics_listen"])
         interval = self.notifier.watchdog_interval_s
         if interval:
@@ -136,6 +161,40 @@ class Daemon:
         self.appliance.audit.append("recorderd", "system", "start", ",".join(capture_cfg["interfaces"]), "ok")
         self.notifier.ready(self.status_line())
         log.info("recording on %s", ", ".join(capture_cfg["interfaces"]))
+
+    def _open_pipeline(self) -> list[str]:
+        """This process's recording pipeline: the engine writing into the vault, the disk
+        floor, the captures (opened: capture is on from here). Returns its watchdog stages.
+        (With capture.workers > 1, recorderd/fanout.py opens worker processes instead.)"""
+        assert self.appliance is not None
+        capture_cfg = self.config["capture"]
+        self.engine = CaptureEngine(vault_sink(self.appliance, self.config), engine_settings(self.config))
+        self.disk = disk_guard(self.appliance.vault_dir, self.config["daemon"])
+        program, ring = capture_filter(capture_cfg), ring_settings(capture_cfg)
+        for interface in capture_cfg["interfaces"]:
+            self.captures.append(LiveCapture(interface, bpf=program, promiscuous=capture_cfg["promiscuous"],
+                                             ring=ring))
+        sync = ["vault-sync"] if self.config["storage"]["sync_interval_s"] else []
+        return [f"capture:{c}" for c in capture_cfg["interfaces"]] + ["engine"] + sync
+
+    def _start_pipeline(self) -> None:
+        sync_interval = self.config["storage"]["sync_interval_s"]
+        if sync_interval:
+            self._spawn("vault-sync", self._sync_loop, sync_interval)
+        for name, capture in zip(self.config["capture"]["interfaces"], self.captures, strict=True):
+            self._spawn(f"capture-{name}", self._capture_loop, name, capture)
+        self._spawn("engine", self._engine_loop)
+
+    def _stop_pipeline(self) -> None:
+        """Captures closed, the queue drained, every open call finished."""
+        for capture in self.captures:
+            capture.close()
+        for thread in self.threads:
+            # the engine thread drains the queue first; finishing the calls before it is done
+            # would race with it (systemd's stop timeout bounds the wait; recovery covers a kill)
+            thread.join()
+        if self.engine is not None:
+            self.engine.finish()
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -225,36 +284,44 @@ class Daemon:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def status_line(self) -> str:
+    def recording_figures(self) -> RecordingFigures | None:
+        """The engine's figures (the fanout daemon sums its workers'); None before start."""
         engine = self.engine
         if engine is None:
+            return None
+        return RecordingFigures(len(engine.media), min((m.timeline.t0 for m in engine.media.values()), default=None),
+                                engine.counters, engine.errors, bool(self.disk and self.disk.paused))
+
+    def status_line(self) -> str:
+        figures = self.recording_figures()
+        if figures is None:
             return "starting"
-        return (f"{len(engine.media)} active, {engine.counters['recordings']} recorded, "
+        return (f"{figures.active} active, {figures.counters['recordings']} recorded, "
                 f"{sum(self.live.packets.values())} packets, {sum(self.live.drops.values())} drops"
-                + (", PAUSED: disk full" if self.disk and self.disk.paused else ""))
+                + (", PAUSED: disk full" if figures.paused else ""))
 
     def collect_metrics(self) -> list[Metric]:
-        engine = self.engine
-        if engine is None:
+        figures = self.recording_figures()
+        if figures is None:
             return []
-        oldest = min((m.timeline.t0 for m in engine.media.values()), default=None)
+        oldest = figures.oldest
         free = self.disk.free_bytes() if self.disk else 0
         return [
-            Metric("recorderd_active_calls", "calls being recorded now", "gauge", [({}, len(engine.media))]),
-            Metric("recorderd_calls_total", "calls finished", "counter", [({}, engine.counters["calls"])]),
+            Metric("recorderd_active_calls", "calls being recorded now", "gauge", [({}, figures.active)]),
+            Metric("recorderd_calls_total", "calls finished", "counter", [({}, figures.counters["calls"])]),
             Metric("recorderd_recordings_total", "recordings written", "counter",
-                   [({}, engine.counters["recordings"])]),
+                   [({}, figures.counters["recordings"])]),
             Metric("recorderd_packets_total", "packets the kernel passed to the capture", "counter",
                    [({"interface": k}, v) for k, v in self.live.packets.items()]),
             Metric("recorderd_kernel_drops_total", "packets the kernel dropped (ring full)", "counter",
                    [({"interface": k}, v) for k, v in self.live.drops.items()]),
             Metric("recorderd_parse_errors_total", "malformed input skipped, by reason", "counter",
-                   [({"reason": k}, v) for k, v in sorted(engine.errors.items())]),
+                   [({"reason": k}, v) for k, v in sorted(figures.errors.items())]),
             Metric("recorderd_disk_free_bytes", "free space on the vault's filesystem", "gauge", [({}, free)]),
             Metric("recorderd_oldest_active_call_seconds", "age of the oldest unfinalised call", "gauge",
                    [({}, time.time() - oldest if oldest else 0.0)]),
             Metric("recorderd_recording_paused", "1 while recording is paused (disk floor)", "gauge",
-                   [({}, 1 if self.disk and self.disk.paused else 0)]),
+                   [({}, 1 if figures.paused else 0)]),
         ]
 
     # -- stop and reload -------------------------------------------------------------------------
@@ -279,14 +346,11 @@ class Daemon:
     def stop(self) -> None:
         self.notifier.stopping("finishing open calls")
         self.stop_event.set()
-        for capture in self.captures:
-            capture.close()
-        for thread in self.threads:
-            # the engine thread drains the queue first; finishing the calls before it is done
-            # would race with it (systemd's stop timeout bounds the wait; recovery covers a kill)
-            thread.join()
-        if self.engine is not None:
-            self.engine.finish()
+        self._stop_pipeline()
+        if self.spool is not None:
+            self.spool.stop()   # the import in progress finishes; the next start picks up the rest
+        if self.consent is not None:
+            self.consent.stop()   # after the last recordings are finished: one bounded last pass
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.metrics is not None:
@@ -297,15 +361,45 @@ class Daemon:
         log.info("stopped")
 
 
+class Signals:
+    """SIGTERM, SIGINT and SIGHUP, for the main loop to act on. The handlers only append to a
+    list: a handler runs in the main thread between two bytecodes, and anything that takes a
+    lock there (Event.set, logging, a reload) can wait forever for a lock the interrupted code
+    holds - e.g. the main thread inside Event.wait, as the fanout workers found out."""
+
+    STOP = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for signum in (*self.STOP, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _frame: self.received.append(signum))
+
+    def wait(self, seconds: float) -> list[int]:
+        """The signals received, waiting up to `seconds` for the first (sleep wakes for it)."""
+        deadline = time.monotonic() + seconds
+        while not self.received and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        taken = []
+        while self.received:
+            taken.append(self.received.pop(0))
+        return taken
+
+
 def run(config_path: Path) -> int:
     daemon = Daemon(config_path)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.reload())
+    if daemon.config["capture"]["workers"] > 1:
+        from recorderd.fanout import FanoutDaemon  # it imports this module
+
+        daemon = FanoutDaemon(config_path)
+    signals = Signals()
     daemon.start()
     try:
-        while not stopping.wait(1.0):
+        while True:
+            received = signals.wait(1.0)
+            if signal.SIGHUP in received:
+                daemon.reload()
+            if any(s in Signals.STOP for s in received):
+                break
             daemon.notifier.status(daemon.status_line())
     finally:
         daemon.stop()

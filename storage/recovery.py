@@ -9,6 +9,7 @@ whose .part holds no audio at all is completed as partial without a vault file.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,12 @@ def vault_files_of(vault_dir: Path, recording_id: str) -> list[Path]:
 
 
 def recover_crashed(catalog: Catalog, keys: KeyStore, vault_dir: Path,
-                    audit: AuditLog | None = None) -> list[Recovered]:
+                    audit: AuditLog | None = None, only: Collection[str] | None = None) -> list[Recovered]:
+    """Every active row, or those of `only` (the recordings a dead fanout worker had open
+    while the others go on recording)."""
     reader = catalog.reader()
     try:
-        active = reader.active_recordings()
+        active = [row for row in reader.active_recordings() if only is None or row.recording_id in only]
         wrapped = {row.recording_id: reader.get_key(row.recording_id) for row in active}
         stored = {row.recording_id: (reader.get(row.recording_id) or None) for row in active}
     finally:
