@@ -33,3 +33,16 @@ def tone_energy(x: np.ndarray, rate: int, freq: float) -> float:
     c = np.dot(x.astype(np.float64), np.cos(2 * np.pi * freq * t))
     s = np.dot(x.astype(np.float64), np.sin(2 * np.pi * freq * t))
     return float((c * c + s * s) / len(x) ** 2)
+
+
+def peak_correlation(signal_: np.ndarray, reference: np.ndarray) -> float:
+    """Peak normalised cross-correlation of `reference` within `signal_` (FFT; the sliding
+    window energy by cumulative sums): 1.0 where the signal holds the reference exactly."""
+    signal_, reference = signal_.astype(np.float64), reference.astype(np.float64)
+    n = len(signal_) + len(reference)
+    size = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(signal_, size) * np.conj(np.fft.rfft(reference, size)), size)[: len(signal_)]
+    squares = np.concatenate([[0.0], np.cumsum(signal_ ** 2)])
+    ends = np.minimum(np.arange(len(signal_)) + len(reference), len(signal_))
+    energy = np.sqrt(np.maximum(squares[ends] - squares[: len(signal_)], 0.0))
+    return float(np.max(corr / (energy * np.linalg.norm(reference) + 1e-9)))

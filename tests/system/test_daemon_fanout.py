@@ -38,7 +38,7 @@ from capture.fanout import landing_worker
 from recorderd.cli import main
 from storage.catalog import CatalogReader
 from tests.gen.callgen import CallPlan, Reinvite, write_capture
-from tests.support.audio import tone_energy
+from tests.support.audio import peak_correlation, tone_energy
 from tests.system.test_daemon_sipp import SIPP_SHARE, sent_speech
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,18 +57,6 @@ def sipp_workers(media_base: int, calls: int) -> list[int]:
 def media_base_for(worker: int, calls: int, start: int) -> int:
     """A -mp base from `start` on whose `calls` calls all land on `worker`."""
     return next(base for base in range(start, 60000, 10) if set(sipp_workers(base, calls)) == {worker})
-
-
-def peak_correlation(signal_: np.ndarray, reference: np.ndarray) -> float:
-    """Peak normalised cross-correlation of `reference` within `signal_` (FFT; the sliding
-    window energy by cumulative sums)."""
-    n = len(signal_) + len(reference)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(signal_, size) * np.conj(np.fft.rfft(reference, size)), size)[: len(signal_)]
-    squares = np.concatenate([[0.0], np.cumsum(signal_ ** 2)])
-    ends = np.minimum(np.arange(len(signal_)) + len(reference), len(signal_))
-    energy = np.sqrt(np.maximum(squares[ends] - squares[: len(signal_)], 0.0))
-    return float(np.max(corr / (energy * np.linalg.norm(reference) + 1e-9)))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -30,6 +30,7 @@ import soundfile as sf
 from capture.codecs import ALAW_TO_PCM16
 from capture.pcapio import read_batches
 from recorderd.cli import main
+from tests.support.audio import peak_correlation
 
 SIPP_SHARE = Path("/usr/share/sip-tester")
 CALLS = 20
@@ -54,16 +55,6 @@ def sent_speech() -> np.ndarray:
             payload = frame[14 + 20 + 8 + 12:]
             chunks.append(ALAW_TO_PCM16[np.frombuffer(payload, np.uint8)])
     return np.concatenate(chunks).astype(np.float64)
-
-
-def best_correlation(signal_: np.ndarray, reference: np.ndarray) -> float:
-    """Peak normalised cross-correlation of reference within signal_ (FFT)."""
-    n = len(signal_) + len(reference)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(signal_, size) * np.conj(np.fft.rfft(reference, size)), size)
-    energy = np.sqrt(np.convolve(signal_ ** 2, np.ones(len(reference)), "full")[len(reference) - 1:])
-    energy = np.concatenate([energy, np.zeros(size - len(energy))])[: len(corr)]
-    return float(np.max(corr / (energy * np.linalg.norm(reference) + 1e-9)))
 
 
 @pytest.fixture
@@ -167,8 +158,8 @@ def test_daemon_records_sipp_calls_with_both_legs(appliance: Path, tmp_path: Pat
         assert main(["--config", str(appliance), "export-audio", row["recording_id"], "--out", str(wav)]) == 0
         audio, rate = sf.read(wav, dtype="int16")
         assert rate == 8000
-        assert best_correlation(audio[:, 0].astype(np.float64), speech[: 4 * rate]) > 0.9
+        assert peak_correlation(audio[:, 0].astype(np.float64), speech[: 4 * rate]) > 0.9
         ref_audio, _ = sf.read(ref_wav, dtype="int16")
         overlap = min(len(audio), len(ref_audio))
-        assert best_correlation(audio[:overlap, 1].astype(np.float64),
+        assert peak_correlation(audio[:overlap, 1].astype(np.float64),
                                 ref_audio[: 2 * rate, 1].astype(np.float64)) > 0.9
