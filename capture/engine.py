@@ -90,6 +90,7 @@ class CallMedia:
         self.frames = 0
         self.encrypted = False
         self.undecryptable = False
+        self.kernel_drops = 0          # packets the kernel dropped on the capture while this call ran
 
     def ensure_rate(self, rate: int) -> None:
         while rate > self.timeline.rate:
@@ -376,6 +377,14 @@ class CaptureEngine:
             self.now = now
             self._housekeeping()
 
+    def note_kernel_drops(self, count: int) -> None:
+        """The kernel dropped `count` packets of the capture since the last report (its ring
+        was full). Which calls they belonged to is unknowable, so every recording active now
+        carries the count in its completeness: it may miss some of them."""
+        if count > 0:
+            for media in self.media.values():
+                media.kernel_drops += count
+
     def pause(self, reason: str) -> None:
         """Stop recording (e.g. the disk is under its floor): active recordings are closed
         cleanly now, marked partial; new calls are catalogued as not recorded with `reason`."""
@@ -437,7 +446,8 @@ class CaptureEngine:
             return
         metadata = recording_metadata(
             call, streams, started_at=t.t0, frames=media.frames, rate=t.rate,
-            late_samples=t.late_samples, refused_samples=t.refused_samples, encrypted=media.encrypted, decodable=not media.undecryptable)
+            late_samples=t.late_samples, refused_samples=t.refused_samples, encrypted=media.encrypted,
+            decodable=not media.undecryptable, kernel_drops=media.kernel_drops)
         if partial_reason:
             metadata["partial"] = True
             metadata["partial_reason"] = partial_reason

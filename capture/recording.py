@@ -57,7 +57,7 @@ def call_identity(call: Call) -> dict[str, Any]:
 
 def recording_metadata(call: Call, streams: list[MediaStream], *, started_at: float, frames: int,
                        rate: int, late_samples: int, encrypted: bool, decodable: bool,
-                       refused_samples: int = 0) -> dict[str, Any]:
+                       refused_samples: int = 0, kernel_drops: int = 0) -> dict[str, Any]:
     audio_codecs = sorted({c for s in streams for c in s.codecs} - {"telephone-event", "cn"})
     events = sorted((d for s in streams for d in s.dtmf.values()), key=lambda d: d.offset_s)
     dtmf = [d for d in events if len(d.digit) == 1]
@@ -83,6 +83,8 @@ def recording_metadata(call: Call, streams: list[MediaStream], *, started_at: fl
             "late_samples": late_samples,
             # samples placed absurdly far ahead of the timeline (bad timestamps): not written
             "refused_samples": refused_samples,
+            # packets the kernel dropped on the capture while this call was recorded (any call's)
+            "kernel_drops": kernel_drops,
             "both_legs": all(leg["received"] for leg in legs),
         },
         "encryption": {"srtp": encrypted, "decodable": decodable,

@@ -34,6 +34,7 @@ from capture.bpf import DEFAULT_FILTER, Instruction, compile_filter
 from capture.engine import CaptureEngine
 from capture.pcapio import MAX_BATCH_SPAN_S, FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
+from recorderd.capturestats import CaptureMinutes, MinuteRow
 from recorderd.config import ConfigError, engine_settings, load
 from recorderd.consent.sweep import ConsentStage, start_consent_stage
 from recorderd.logsetup import configure_logging
@@ -123,6 +124,7 @@ class Daemon:
         self.captures: list[LiveCapture] = []
         self.threads: list[threading.Thread] = []
         self.live = LiveStats()
+        self.minutes = CaptureMinutes()
         self.appliance: Appliance | None = None
         self.engine: CaptureEngine | None = None
         self.disk: DiskGuard | None = None
@@ -281,6 +283,18 @@ class Daemon:
             stats = capture.stats()
             self.live.packets[name] = stats.packets
             self.live.drops[name] = stats.drops
+        new_drops, ended = self.minutes.update(time.time(), self._interface_totals())
+        if new_drops and self.engine is not None:
+            self.engine.note_kernel_drops(new_drops)
+        self._save_minutes(ended)
+
+    def _interface_totals(self) -> dict[str, tuple[int, int]]:
+        return {name: (self.live.packets[name], self.live.drops[name]) for name in self.live.packets}
+
+    def _save_minutes(self, rows: list[MinuteRow]) -> None:
+        """Per-minute capture counters into the catalog (queued on its writer thread)."""
+        if rows and self.appliance is not None:
+            self.appliance.catalog.add_capture_minutes(rows)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -356,6 +370,8 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
         if self.appliance is not None:
+            self.minutes.update(time.time(), self._interface_totals())
+            self._save_minutes(self.minutes.flush())    # the minute in progress
             self.appliance.audit.append("recorderd", "system", "stop", "", "ok")
             self.appliance.close()
         log.info("stopped")

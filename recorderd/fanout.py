@@ -111,6 +111,7 @@ class FanoutDaemon(Daemon):
                                                  "router": Counter(), "peers": Counter()}
         self.state_dir: Path | None = None     # private: call-state snapshots for restarted workers
         self.ring = ring_settings(self.config["capture"])
+        self.worker_drops: dict[int, int] = {}    # each worker's sockets' kernel drops, last told
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -300,11 +301,24 @@ class FanoutDaemon(Daemon):
     def _read_kernel_stats(self) -> None:
         """Packets: the media sockets' plus one signalling socket's (each worker's signalling
         socket gets the same packets); drops: every socket's (each is a loss to its worker)."""
+        per_worker: Counter[int] = Counter()
         for iface in self.interfaces:
             media = [capture.stats() for capture in iface.media]
             signalling = [capture.stats() for capture in iface.signalling]
             self.live.packets[iface.name] = sum(s.packets for s in media) + max(s.packets for s in signalling)
             self.live.drops[iface.name] = sum(s.drops for s in media + signalling)
+            for index, (m, s) in enumerate(zip(media, signalling, strict=True)):
+                per_worker[index] += m.drops + s.drops
+        for slot in self.slots:     # a worker marks its active recordings with its own sockets' drops
+            new = per_worker[slot.index] - self.worker_drops.get(slot.index, 0)
+            self.worker_drops[slot.index] = per_worker[slot.index]
+            if new > 0 and slot.process is not None and slot.control is not None:
+                try:
+                    slot.control.send(json.dumps({"kind": "drops", "count": new}).encode())
+                except OSError as err:
+                    log.warning("worker %d: could not report %d kernel drops: %s", slot.index, new, err)
+        _, ended = self.minutes.update(time.time(), self._interface_totals())
+        self._save_minutes(ended)
 
     # -- reporting ---------------------------------------------------------------------------------
 

@@ -270,7 +270,8 @@ class FanoutWorker(Daemon):
                     poller.unregister(fd)
                 elif fd == self.control.fileno():
                     request = json.loads(message)
-                    self.arrivals.put((request["kind"], request["path"], False))
+                    payload = request["count"] if request["kind"] == "drops" else request["path"]
+                    self.arrivals.put((request["kind"], payload, False))
                 else:
                     self._peer_message(message)
 
@@ -387,6 +388,9 @@ class FanoutWorker(Daemon):
         if kind == "snapshot":
             self._write_snapshot(Path(payload))
             return 0
+        if kind == "drops":       # the kernel dropped packets on this worker's sockets
+            self.engine.note_kernel_drops(int(payload))
+            return 0
         self.pool.add(payload, only_here)
         return len(payload.buf)
 
@@ -414,7 +418,7 @@ class FanoutWorker(Daemon):
         assert self.engine is not None
         try:
             with open(path, "rb") as source:
-                state = pickle.load(source)   # noqa: S301 - our own file, from a sibling process
+                state = pickle.load(source)   # nosec B301  # our own snapshot, from a sibling worker, in the daemon's 0700 mkdtemp dir
         except (OSError, pickle.UnpicklingError, EOFError) as err:
             log.error("worker %d: starting without the other workers' call state: %s", self.spec.index, err)
             return

@@ -395,10 +395,10 @@ def _write_recording(conn: apsw.Connection, values: dict[str, Any], exists: bool
     values = {**values, "id": _free_id(conn, values["started_at"], values["recording_id"])}
     if exists:
         changed = [c for c in values if c not in ("recording_id", "created_at")]
-        conn.execute(f"UPDATE recordings SET {', '.join(f'{c} = ?' for c in changed)} WHERE recording_id = ?",
+        conn.execute(f"UPDATE recordings SET {', '.join(f'{c} = ?' for c in changed)} WHERE recording_id = ?",  # nosec B608  # column names from _identity_values/_metadata_values/IMPORT_COLUMNS (code); every value is a ? parameter
                      (*(values[c] for c in changed), values["recording_id"]))
     else:
-        conn.execute(f"INSERT INTO recordings ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+        conn.execute(f"INSERT INTO recordings ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",  # nosec B608  # column names from _identity_values/_metadata_values/IMPORT_COLUMNS (code); every value is a ? parameter
                      tuple(values.values()))
 
 
@@ -732,7 +732,7 @@ class _Plan:
         conditions, params = self._bounds("f.rowid")
         conditions, params = [f"f.{driver} MATCH ?", *conditions], [expression, *params]
         for table, probe in probes:
-            conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = f.rowid)")
+            conditions.append(f"EXISTS (SELECT 1 FROM {table} p WHERE p.{table} MATCH ? AND p.rowid = f.rowid)")  # nosec B608  # FTS table names are literals (_Plan.add_match callers); the MATCH text is a parameter
             params.append(probe)
         join = rows
         if self.clauses and self.index_first:
@@ -740,7 +740,7 @@ class _Plan:
             # and test each FTS match against it; ``+`` keeps SQLite from turning the IN list
             # into one MATCH per id (~0.5 ms each: parse, then a seek per token and segment)
             inner, inner_params = self._bounds("r.id")
-            conditions.append(f"+f.rowid IN (SELECT r.id FROM recordings r WHERE {' AND '.join([*inner, *self.clauses])})")
+            conditions.append(f"+f.rowid IN (SELECT r.id FROM recordings r WHERE {' AND '.join([*inner, *self.clauses])})")  # nosec B608  # _Plan clauses are code constants; search values are ? parameters
             params += [*inner_params, *self.params]
         elif self.clauses:
             conditions += self.clauses
@@ -804,7 +804,7 @@ class CatalogReader:
         tags: dict[str, list[str]] = {rid: [] for rid in recording_ids}
         if recording_ids:
             marks = ", ".join("?" * len(recording_ids))
-            for rid, tag in self._query(f"SELECT recording_id, tag FROM tags WHERE recording_id IN ({marks}) "
+            for rid, tag in self._query(f"SELECT recording_id, tag FROM tags WHERE recording_id IN ({marks}) "  # nosec B608  # only ? placeholders are joined in; every value is a ? parameter
                                         f"ORDER BY recording_id, tag", recording_ids):
                 tags[rid].append(tag)
         return tags
@@ -821,16 +821,16 @@ class CatalogReader:
         return self._snapshot(lambda: self._get(recording_id))
 
     def _get(self, recording_id: str) -> RecordingDetail | None:
-        rows = self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.recording_id = ?", (recording_id,))
+        rows = self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.recording_id = ?", (recording_id,))  # nosec B608  # column names from the _ROW_COLUMNS constant; every value is a ? parameter
         if not rows:
             return None
         metadata = json.loads(self._query("SELECT metadata FROM recordings WHERE recording_id = ?",
                                           (recording_id,))[0][0])
         streams = [self._stream_dict(values) for values in self._query(
-            f"SELECT {', '.join(_STREAM_FIELDS)} FROM streams WHERE recording_id = ? ORDER BY ordinal",
+            f"SELECT {', '.join(_STREAM_FIELDS)} FROM streams WHERE recording_id = ? ORDER BY ordinal",  # nosec B608  # column names from the _STREAM_FIELDS constant; every value is a ? parameter
             (recording_id,))]
         dtmf = [dict(zip(_DTMF_FIELDS, values, strict=True)) for values in self._query(
-            f"SELECT {', '.join(_DTMF_FIELDS)} FROM dtmf WHERE recording_id = ? ORDER BY ordinal",
+            f"SELECT {', '.join(_DTMF_FIELDS)} FROM dtmf WHERE recording_id = ? ORDER BY ordinal",  # nosec B608  # column names from the _DTMF_FIELDS constant; every value is a ? parameter
             (recording_id,))]
         notes = [Note(*values) for values in self._query(
             "SELECT id, recording_id, author, text, ts FROM notes WHERE recording_id = ? ORDER BY id",
@@ -844,7 +844,7 @@ class CatalogReader:
 
     def row(self, recording_id: str) -> RecordingRow | None:
         """One recording's search row (no metadata, streams or notes), or None."""
-        rows = self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.recording_id = ?", (recording_id,))
+        rows = self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.recording_id = ?", (recording_id,))  # nosec B608  # column names from the _ROW_COLUMNS constant; every value is a ? parameter
         return rows[0] if rows else None
 
     def get_key(self, recording_id: str) -> WrappedKey | None:
@@ -858,12 +858,12 @@ class CatalogReader:
 
     def find_by_call_id(self, call_id: str) -> list[RecordingRow]:
         """Recordings of one SIP dialog (exact Call-ID)."""
-        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.call_id = ? ORDER BY r.id",
+        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.call_id = ? ORDER BY r.id",  # nosec B608  # column names from the _ROW_COLUMNS constant; every value is a ? parameter
                           (call_id,))
 
     def active_recordings(self) -> list[RecordingRow]:
         """Recordings begun and not finished (after a crash: the ones to recover)."""
-        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.state = 'active' ORDER BY r.id")
+        return self._rows(f"SELECT {_ROW_COLUMNS} FROM recordings r WHERE r.state = 'active' ORDER BY r.id")  # nosec B608  # column names from the _ROW_COLUMNS constant
 
     # -- search
 
@@ -955,7 +955,7 @@ class CatalogReader:
         source, params, _ = plan.from_where(rows=False)
         if count_limit is None:
             return SearchResult(rows, self._query(f"SELECT count(*) {source}", params)[0][0])
-        counted = self._query(f"SELECT count(*) FROM (SELECT 1 {source} LIMIT ?)", [*params, count_limit + 1])[0][0]
+        counted = self._query(f"SELECT count(*) FROM (SELECT 1 {source} LIMIT ?)", [*params, count_limit + 1])[0][0]  # nosec B608  # FROM/WHERE built by _Plan from code constants; every value is a ? parameter
         return SearchResult(rows, min(counted, count_limit), counted <= count_limit)
 
     # -- keys and the rest
@@ -992,6 +992,13 @@ class CatalogReader:
             "WHERE (? IS NULL OR seen_at >= ?) AND (? IS NULL OR seen_at < ?) ORDER BY seen_at DESC, id DESC LIMIT ?",
             (low, low, high, high, limit))
         return [NotRecordedRow(i, cid, reason, seen, json.loads(meta)) for i, cid, reason, seen, meta in found]
+
+    def capture_minutes(self, *, since: float | str | datetime | None = None) -> list[tuple[int, str, int, int]]:
+        """(minute, interface, packets, drops) per minute of capture, oldest first."""
+        low = to_epoch(since)
+        return [(int(m), str(i), int(p), int(d)) for m, i, p, d in self._query(
+            "SELECT minute, interface, packets, drops FROM capture_minutes WHERE ? IS NULL OR minute >= ? "
+            "ORDER BY minute, interface", (low, low))]
 
     def integrity_check(self) -> str:
         """``ok``, or one problem per line (SQLite's integrity check, FTS5 included, and FKs)."""
@@ -1117,9 +1124,9 @@ class Catalog:
             _write_recording(conn, values, exists=state is not None)
             conn.execute("DELETE FROM streams WHERE recording_id = ?; DELETE FROM dtmf WHERE recording_id = ?",
                          (recording_id, recording_id))
-            conn.executemany(f"INSERT INTO streams (recording_id, ordinal, {', '.join(_STREAM_FIELDS)}) "
+            conn.executemany(f"INSERT INTO streams (recording_id, ordinal, {', '.join(_STREAM_FIELDS)}) "  # nosec B608  # column names from the _STREAM_FIELDS constant; every value is a ? parameter
                              f"VALUES ({', '.join('?' * (len(_STREAM_FIELDS) + 2))})", streams)
-            conn.executemany(f"INSERT INTO dtmf (recording_id, ordinal, {', '.join(_DTMF_FIELDS)}) "
+            conn.executemany(f"INSERT INTO dtmf (recording_id, ordinal, {', '.join(_DTMF_FIELDS)}) "  # nosec B608  # column names from the _DTMF_FIELDS constant; every value is a ? parameter
                              f"VALUES ({', '.join('?' * (len(_DTMF_FIELDS) + 2))})", dtmf)
 
         self.writer.call(job)
@@ -1263,6 +1270,18 @@ class Catalog:
             return before, Note(before.id, before.recording_id, before.author, text, before.ts)
 
         return self.writer.call(job)
+
+    def add_capture_minutes(self, rows: Iterable[tuple[int, str, int, int]]) -> Future[None]:
+        """Count (minute, interface, packets, drops) in; a minute written twice (a restart within
+        it) adds up. Queued on the writer thread: the daemon does not wait for it."""
+        batch = list(rows)
+
+        def job(conn: apsw.Connection) -> None:
+            conn.executemany("INSERT INTO capture_minutes (minute, interface, packets, drops) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (minute, interface) DO UPDATE SET packets = packets + excluded.packets, "
+                             "drops = drops + excluded.drops", batch)
+
+        return self.writer.submit(job)
 
     def set_transcript(self, recording_id: str, text: str) -> None:
         """The recording's transcript (for analysis/); replaces any earlier one."""

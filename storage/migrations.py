@@ -202,15 +202,15 @@ def _refresh_doc(key_column: str, key_value: str) -> str:
     An explicit DELETE then INSERT: inside a trigger, ``INSERT OR REPLACE`` takes the outer
     statement's conflict mode (an UPSERT's is ABORT), and FTS5 would keep the old document.
     """
-    rowid = key_value if key_column == "id" else f"(SELECT id FROM recordings WHERE recording_id = {key_value})"
-    return (f"DELETE FROM search_fts WHERE rowid = {rowid}; "
+    rowid = key_value if key_column == "id" else f"(SELECT id FROM recordings WHERE recording_id = {key_value})"  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
+    return (f"DELETE FROM search_fts WHERE rowid = {rowid}; "  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
             f"INSERT INTO search_fts(rowid, parties, tags, notes, transcript) "
             f"SELECT id, parties, tags, notes, transcript FROM search_docs WHERE {key_column} = {key_value};")
 
 
 def _index_numbers(key_value: str) -> str:
     """Statement (for a trigger body) that indexes the numbers of one recording."""
-    return (f"INSERT INTO search_numbers(rowid, grams) "
+    return (f"INSERT INTO search_numbers(rowid, grams) "  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
             f"SELECT id, numbers FROM search_docs WHERE id = {key_value} AND numbers IS NOT NULL;")
 
 
@@ -228,7 +228,26 @@ _NUMBER_GRAMS = f"""(
         SELECT group_concat(s.n || 'x' || substr(d.v, s.pos, s.n), ' ')
         FROM (SELECT {digits_sql('r.caller')} AS v UNION ALL SELECT {digits_sql('r.callee')}) AS d
         JOIN number_gram_spans s ON s.len = length(d.v)
-        WHERE d.v NOT GLOB '*[^0-9]*')"""
+        WHERE d.v NOT GLOB '*[^0-9]*')"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
+
+_V1_TRANSCRIPT = "(SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id)"
+
+
+def search_docs_view(parties: str, transcript: str) -> str:
+    """SQL: ``CREATE VIEW search_docs``, the FTS document of each recording, from the SQL
+    expressions (over ``recordings r``) of its ``parties`` and ``transcript`` columns; tags,
+    notes and the number grams are the same in every version. Migration 1 is released: its
+    text must not change (tests/storage/test_migrations.py pins it)."""
+    return f"""CREATE VIEW search_docs AS
+SELECT r.id AS id,
+       r.recording_id AS recording_id,
+       {parties} AS parties,
+       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
+       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
+       {transcript} AS transcript,
+       {_NUMBER_GRAMS} AS numbers
+FROM recordings r;"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
+
 
 _V1_SEARCH = f"""
 CREATE VIRTUAL TABLE search_fts USING fts5(
@@ -254,15 +273,7 @@ WHERE p.x <= l.x - g.n + 1;
 INSERT INTO search_fts(search_fts, rank) VALUES ('hashsize', 67108864);
 INSERT INTO search_numbers(search_numbers, rank) VALUES ('hashsize', 67108864);
 
-CREATE VIEW search_docs AS
-SELECT r.id AS id,
-       r.recording_id AS recording_id,
-       {_PARTIES} AS parties,
-       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
-       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
-       (SELECT x.text FROM transcripts x WHERE x.recording_id = r.recording_id) AS transcript,
-       {_NUMBER_GRAMS} AS numbers
-FROM recordings r;
+{search_docs_view(_PARTIES, _V1_TRANSCRIPT)}
 
 CREATE TRIGGER recordings_fts_insert AFTER INSERT ON recordings {_UNLESS_BULK} BEGIN
     {_refresh_doc('id', 'NEW.id')}
@@ -282,7 +293,7 @@ END;
 {_child_triggers('tags', ('INSERT', 'DELETE'))}
 {_child_triggers('notes', ('INSERT', 'UPDATE', 'DELETE'))}
 {_child_triggers('transcripts', ('INSERT', 'UPDATE', 'DELETE'))}
-"""
+"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
 
 
 def _append_only(table: str) -> str:
@@ -781,17 +792,9 @@ WHEN NEW.state = 'purged' AND OLD.state != 'purged' BEGIN
 END;
 
 DROP VIEW search_docs;
-CREATE VIEW search_docs AS
-SELECT r.id AS id,
-       r.recording_id AS recording_id,
-       {_PARTIES} AS parties,
-       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
-       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
-       {_ANALYSIS_TRANSCRIPT} AS transcript,
-       {_NUMBER_GRAMS} AS numbers
-FROM recordings r;
+{search_docs_view(_PARTIES, _ANALYSIS_TRANSCRIPT)}
 {_child_triggers('transcript_segments', ('INSERT', 'UPDATE', 'DELETE'))}
-"""
+"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
 
 # An agent's recordings in the trigram index: each agent id gets a number n (agent_markers)
 # and a marker of exactly three private-use characters, one trigram token that no text
@@ -810,8 +813,7 @@ def agent_marker_sql(n: str) -> str:
 
 
 _PARTIES_WITH_AGENT = f"""concat_ws(' ', {_PARTIES},
-        (SELECT {agent_marker_sql('m.n')} FROM agent_markers m WHERE m.agent_id = r.agent_id))"""
-_TRANSCRIPT_DOC = _ANALYSIS_TRANSCRIPT   # migration 7: transcript segments are part of the document
+        (SELECT {agent_marker_sql('m.n')} FROM agent_markers m WHERE m.agent_id = r.agent_id))"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
 _MARK_AGENT = ("INSERT OR IGNORE INTO agent_markers (agent_id) SELECT NEW.agent_id "
                "WHERE NEW.agent_id IS NOT NULL;")
 
@@ -824,15 +826,7 @@ INSERT INTO agent_markers (agent_id)
 SELECT DISTINCT agent_id FROM recordings WHERE agent_id IS NOT NULL ORDER BY agent_id;
 
 DROP VIEW search_docs;
-CREATE VIEW search_docs AS
-SELECT r.id AS id,
-       r.recording_id AS recording_id,
-       {_PARTIES_WITH_AGENT} AS parties,
-       (SELECT group_concat(t.tag, ' ') FROM tags t WHERE t.recording_id = r.recording_id) AS tags,
-       (SELECT group_concat(n.text, ' ') FROM notes n WHERE n.recording_id = r.recording_id) AS notes,
-       {_TRANSCRIPT_DOC} AS transcript,
-       {_NUMBER_GRAMS} AS numbers
-FROM recordings r;
+{search_docs_view(_PARTIES_WITH_AGENT, _ANALYSIS_TRANSCRIPT)}
 
 DROP TRIGGER recordings_fts_insert;
 CREATE TRIGGER recordings_fts_insert AFTER INSERT ON recordings {_UNLESS_BULK} BEGIN
@@ -854,6 +848,18 @@ END;
 INSERT INTO search_fts (search_fts) VALUES ('delete-all');
 INSERT INTO search_fts (rowid, parties, tags, notes, transcript)
 SELECT id, parties, tags, notes, transcript FROM search_docs;
+"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
+
+# The kernel's capture counters per minute and interface (the daemon writes a row each
+# minute, and the partial minute when it stops): when drops happened, for how many packets.
+_V9_CAPTURE_MINUTES = """
+CREATE TABLE capture_minutes (
+    minute    INTEGER NOT NULL,   -- start of the minute, seconds since the epoch (UTC)
+    interface TEXT NOT NULL,
+    packets   INTEGER NOT NULL,   -- packets the kernel passed to the capture in that minute
+    drops     INTEGER NOT NULL,   -- packets it dropped (ring full) in that minute
+    PRIMARY KEY (minute, interface)
+) WITHOUT ROWID;
 """
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -865,6 +871,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "consent announcements", _V6_CONSENT),
     Migration(7, "transcripts and analytics", _V7_ANALYSIS),
     Migration(8, "agent markers in the search index", _V8_AGENT_MARKERS),
+    Migration(9, "capture counters per minute", _V9_CAPTURE_MINUTES),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

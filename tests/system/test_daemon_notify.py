@@ -18,6 +18,7 @@ import pytest
 from recorderd import daemon as daemon_module
 from recorderd.cli import main
 from recorderd.daemon import Daemon
+from storage.catalog import CatalogReader
 
 WATCHDOG_USEC = 600_000   # pings every 0.3 s
 
@@ -121,3 +122,8 @@ def test_ready_watchdog_status_stall_and_stopping(tmp_path: Path, monkeypatch: p
         time.sleep(0.3)
         supervisor.close()
     assert any("STOPPING=1" in m for _, m in supervisor.messages)
+    # the kernel's counters went into the catalog for the minute(s) the daemon ran
+    with CatalogReader(tmp_path / "box" / "catalog.db") as reader:
+        rows = reader.capture_minutes()
+    assert rows and {interface for _, interface, _, _ in rows} == {"lo"}
+    assert all(minute % 60 == 0 and packets >= 0 and drops >= 0 for minute, _, packets, drops in rows)
