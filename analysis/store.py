@@ -84,7 +84,7 @@ def enqueue(conn: apsw.Connection, recording_ids: Iterable[str] = (), *, since: 
     conflict = ("DO UPDATE SET state = 'pending', attempts = 0, error = NULL, worker = NULL, "
                 "enqueued_at = excluded.enqueued_at WHERE analysis_queue.state != 'running'") if again else "DO NOTHING"
     before = conn.total_changes()
-    conn.execute(f"INSERT INTO analysis_queue (recording_id, enqueued_at) SELECT r.recording_id, ? "
+    conn.execute(f"INSERT INTO analysis_queue (recording_id, enqueued_at) SELECT r.recording_id, ? "  # nosec B608  # WHERE fragments, ? placeholders and the ON CONFLICT clause are code constants; every value is a ? parameter
                  f"FROM recordings r WHERE {' AND '.join(where)} ORDER BY r.id "
                  f"ON CONFLICT(recording_id) {conflict}", (now, *params))
     return conn.total_changes() - before
@@ -282,6 +282,6 @@ def risk_scores(conn: apsw.Connection, recording_ids: Sequence[str]) -> dict[str
     for first in range(0, len(recording_ids), 500):
         chunk = list(recording_ids[first:first + 500])
         scores.update({str(rid): float(score) for rid, score in _rows(
-            conn, f"SELECT recording_id, risk_score FROM call_analysis WHERE recording_id IN "
+            conn, f"SELECT recording_id, risk_score FROM call_analysis WHERE recording_id IN "  # nosec B608  # only ? placeholders are joined in; every value is a ? parameter
             f"({', '.join('?' * len(chunk))})", chunk)})
     return scores

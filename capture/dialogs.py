@@ -15,11 +15,10 @@ from datetime import UTC, datetime
 
 from capture.codecs import CodecSpec, codec_spec
 from capture.expectations import ExpectationTable
-from capture.sdp import Crypto, MediaDescription, SessionDescription, parse_sdp
+from capture.sdp import HOLD_ADDRESSES, Crypto, MediaDescription, SessionDescription, parse_sdp
 from capture.sip import SipMessage, uri_user
 
 CALLER, CALLEE = 0, 1
-HOLD_ADDRESSES = {"0.0.0.0", "::"}
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from capture.errors import ParseError, never_leaks
 
 MAX_SDP_BYTES = 256 * 1024
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})
+HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})  # nosec B104  # SDP c= addresses that signal hold (RFC 3264 §8.4, RFC 2543): parsed, never bound
 
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"(\d{1,5})(?:/(\d{1,5}))?")

@@ -195,7 +195,7 @@ class Purger:
                 "callee = NULL, caller_uri = NULL, callee_uri = NULL, agent_id = NULL, partial_note = NULL, "
                 "metadata = '{}', updated_at = ? WHERE recording_id = ?", (stamp, recording_id))
             for table in ("tags", "notes", "transcripts", "streams", "dtmf"):
-                conn.execute(f"DELETE FROM {table} WHERE recording_id = ?", (recording_id,))
+                conn.execute(f"DELETE FROM {table} WHERE recording_id = ?", (recording_id,))  # nosec B608  # table names from the literal tuple above; every value is a ? parameter
             self.audit.append(self.actor.name, self.actor.role, "retention_purge", recording_id, "ok",
                               reason=f"rule {decision.rule} expired {iso_utc(decision.expires_at)}",
                               detail={"call_id": record.call_id, "rule": decision.rule,

@@ -150,7 +150,7 @@ class AuditLog:
                                       "action": action, "object": object, "outcome": outcome,
                                       "reason": reason, "detail": detail_json, "prev_hash": prev}
             entry = AuditEntry(**fields, hash=entry_hash(fields))
-            conn.execute(f"INSERT INTO audit ({', '.join(HASHED_FIELDS)}, hash) "
+            conn.execute(f"INSERT INTO audit ({', '.join(HASHED_FIELDS)}, hash) "  # nosec B608  # column names from the HASHED_FIELDS constant and ? placeholders; every value is a ? parameter
                          f"VALUES ({', '.join('?' * (len(HASHED_FIELDS) + 1))})",
                          (*(fields[k] for k in HASHED_FIELDS), entry.hash))
             if self._checkpoint_due(conn, entry.seq, now):
@@ -274,7 +274,7 @@ class _ChainWalk:
 
     def run(self) -> ChainReport:
         expected_seq, prev_hash = 1, GENESIS
-        for row in self.conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit ORDER BY seq"):
+        for row in self.conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit ORDER BY seq"):  # nosec B608  # column names from the HASHED_FIELDS constant
             problem = self.entry_problem(expected_seq, prev_hash, row)
             if problem is not None:
                 return ChainReport(False, self.count, problem[0], problem[1], len(self.checkpoints))
@@ -330,7 +330,7 @@ def iter_entries(reader: Source, object: str | None = None,  # noqa: A002
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     conn, release = _connection(reader)
     try:
-        rows = conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit{where} ORDER BY seq",
+        rows = conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit{where} ORDER BY seq",  # nosec B608  # HASHED_FIELDS and fixed column/operator fragments; every value is a ? parameter
                             tuple(params)).fetchall()
     finally:
         release()

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import apsw
-from Crypto.PublicKey import ECC
+from Crypto.PublicKey import ECC  # nosec B413  # pycryptodome (maintained, pinned in pyproject.toml), not the abandoned PyCrypto it shares the Crypto namespace with
 
 from capture.fsutil import fsync_dir
 from capture.recording import iso_utc
@@ -135,7 +135,7 @@ def optional_rows(conn: apsw.Connection, table: str, recording_id: str) -> list[
     order = " ORDER BY id" if "id" in columns else ""
     quoted = ", ".join(f'"{c}"' for c in columns)
     return [_decode_json_columns(dict(zip(columns, row, strict=True))) for row in
-            conn.execute(f'SELECT {quoted} FROM "{table}" WHERE recording_id = ?{order}', (recording_id,))]
+            conn.execute(f'SELECT {quoted} FROM "{table}" WHERE recording_id = ?{order}', (recording_id,))]  # nosec B608  # table names are literals or from the catalog's own sqlite_master, columns from PRAGMA table_info; every value is a ? parameter
 
 
 def _consent_tables(conn: apsw.Connection) -> list[str]:

@@ -107,7 +107,7 @@ def _announcement(row: Sequence[Any]) -> Announcement:
     return Announcement(**values)
 
 
-_SELECT_ANNOUNCEMENTS = f"SELECT id, {', '.join(_ANNOUNCEMENT_COLUMNS)} FROM consent_announcements"
+_SELECT_ANNOUNCEMENTS = f"SELECT id, {', '.join(_ANNOUNCEMENT_COLUMNS)} FROM consent_announcements"  # nosec B608  # column names from the _ANNOUNCEMENT_COLUMNS constant
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ def add_announcement(catalog: Catalog, announcement: Announcement, audit: AuditL
     values[_ANNOUNCEMENT_COLUMNS.index("prompt_complete")] = int(announcement.prompt_complete)
 
     def job(conn: apsw.Connection) -> int:
-        conn.execute(f"INSERT INTO consent_announcements ({', '.join(_ANNOUNCEMENT_COLUMNS)}) "
+        conn.execute(f"INSERT INTO consent_announcements ({', '.join(_ANNOUNCEMENT_COLUMNS)}) "  # nosec B608  # column names from the _ANNOUNCEMENT_COLUMNS constant; every value is a ? parameter
                      f"VALUES ({', '.join('?' * len(_ANNOUNCEMENT_COLUMNS))})", values)
         return int(conn.last_insert_rowid())
 
@@ -396,7 +396,7 @@ def list_announcements(conn: apsw.Connection, *, since: float | None = None, unt
 def announcement_of(conn: apsw.Connection, recording_id: str) -> tuple[Announcement, str] | None:
     """The announcement linked to a recording and the rule that linked it."""
     columns = ", ".join(f"a.{c}" for c in ("id", *_ANNOUNCEMENT_COLUMNS))
-    rows = _fetch(conn, f"SELECT l.rule, {columns} FROM consent_links l JOIN consent_announcements a "
+    rows = _fetch(conn, f"SELECT l.rule, {columns} FROM consent_links l JOIN consent_announcements a "  # nosec B608  # column names from the _ANNOUNCEMENT_COLUMNS constant; every value is a ? parameter
                         f"ON a.id = l.announcement_id WHERE l.recording_id = ?", (recording_id,))
     if not rows:
         return None

@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from Crypto.Cipher import AES
-from Crypto.Protocol.KDF import scrypt
-from Crypto.PublicKey import ECC
-from Crypto.Signature import eddsa
+from Crypto.Cipher import AES  # nosec B413  # pycryptodome (maintained, pinned in pyproject.toml), not the abandoned PyCrypto it shares the Crypto namespace with
+from Crypto.Protocol.KDF import scrypt  # nosec B413  # pycryptodome (maintained, pinned in pyproject.toml), not the abandoned PyCrypto it shares the Crypto namespace with
+from Crypto.PublicKey import ECC  # nosec B413  # pycryptodome (maintained, pinned in pyproject.toml), not the abandoned PyCrypto it shares the Crypto namespace with
+from Crypto.Signature import eddsa  # nosec B413  # pycryptodome (maintained, pinned in pyproject.toml), not the abandoned PyCrypto it shares the Crypto namespace with
 
 from capture.fsutil import write_atomic
 

@@ -213,7 +213,7 @@ def _query(reader: CatalogReader, sql: str, params: Sequence[Any] = ()) -> list[
 
 
 def get_assignment(reader: CatalogReader, assignment_id: int) -> Assignment | None:
-    found = _query(reader, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments WHERE id = ?", (assignment_id,))
+    found = _query(reader, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments WHERE id = ?", (assignment_id,))  # nosec B608  # column names from the _ASSIGNMENT_COLUMNS constant; every value is a ? parameter
     return _assignment(found[0]) if found else None
 
 
@@ -227,7 +227,7 @@ def assignments(reader: CatalogReader, *, reviewer: str | None = None, recording
             params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     return [_assignment(v) for v in _query(
-        reader, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+        reader, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments {where} ORDER BY id DESC LIMIT ? OFFSET ?",  # nosec B608  # _ASSIGNMENT_COLUMNS and fixed column names; every value is a ? parameter
         [*params, limit, offset])]
 
 
@@ -238,25 +238,25 @@ def is_assigned(reader: CatalogReader, reviewer: str, recording_id: str) -> bool
 
 
 def get_score(reader: CatalogReader, score_id: int) -> Score | None:
-    found = _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE id = ?", (score_id,))
+    found = _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE id = ?", (score_id,))  # nosec B608  # column names from the _SCORE_COLUMNS constant; every value is a ? parameter
     return _score(found[0]) if found else None
 
 
 def score_of_assignment(reader: CatalogReader, assignment_id: int) -> Score | None:
-    found = _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE assignment_id = ?", (assignment_id,))
+    found = _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE assignment_id = ?", (assignment_id,))  # nosec B608  # column names from the _SCORE_COLUMNS constant; every value is a ? parameter
     return _score(found[0]) if found else None
 
 
 def scores_for(reader: CatalogReader, recording_id: str) -> list[Score]:
     """Every score given for a recording, oldest first."""
-    return [_score(v) for v in _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE recording_id = ? "
+    return [_score(v) for v in _query(reader, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE recording_id = ? "  # nosec B608  # column names from the _SCORE_COLUMNS constant; every value is a ? parameter
                                               f"ORDER BY id", (recording_id,))]
 
 
 def cross_reviews_of(reader: CatalogReader, score_id: int) -> list[Score]:
     """The scores given in cross-review of ``score_id``."""
     return [_score(v) for v in _query(
-        reader, f"SELECT {', '.join('s.' + c for c in _SCORE_FIELDS)} FROM qa_scores s "
+        reader, f"SELECT {', '.join('s.' + c for c in _SCORE_FIELDS)} FROM qa_scores s "  # nosec B608  # column names from the _SCORE_FIELDS constant; every value is a ? parameter
                 f"JOIN qa_assignments a ON a.id = s.assignment_id WHERE a.cross_of = ? ORDER BY s.id", (score_id,))]
 
 
@@ -269,7 +269,7 @@ def sample_candidates(reader: CatalogReader, date_from: Any, date_to: Any) -> li
     marks = ", ".join("?" * len(ASSIGNABLE_STATES))
     return [(str(rid), str(agent)) for rid, agent in _query(
         reader,
-        f"SELECT r.recording_id, r.agent_id FROM recordings r WHERE r.id >= ? AND r.id < ? "
+        f"SELECT r.recording_id, r.agent_id FROM recordings r WHERE r.id >= ? AND r.id < ? "  # nosec B608  # only ? placeholders are joined in; every value is a ? parameter
         f"AND r.agent_id IS NOT NULL AND r.state IN ({marks}) AND NOT EXISTS ("
         f"SELECT 1 FROM qa_assignments a WHERE a.recording_id = r.recording_id AND a.kind = 'review' "
         f"AND a.state != 'withdrawn') ORDER BY r.id",
@@ -355,14 +355,14 @@ class ReviewStore:
                 checked = used.check(points)
             except ValueError as err:
                 raise ReviewError(str(err)) from err
-            conn.execute(f"INSERT INTO qa_scores ({', '.join(_SCORE_FIELDS[1:])}) "
+            conn.execute(f"INSERT INTO qa_scores ({', '.join(_SCORE_FIELDS[1:])}) "  # nosec B608  # column names from the _SCORE_FIELDS constant and ? placeholders; every value is a ? parameter
                          f"VALUES ({', '.join('?' * (len(_SCORE_FIELDS) - 1))})",
                          (assignment_id, current.recording_id, reviewer, used.to_json(),
                           json.dumps(checked, separators=(",", ":")), float(sum(checked.values())),
                           float(used.max_total), comment.strip(), now))
             score_id = conn.last_insert_rowid()
             conn.execute("UPDATE qa_assignments SET state = 'scored', closed_at = ? WHERE id = ?", (now, assignment_id))
-            return _score(_rows(conn, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE id = ?", (score_id,))[0])
+            return _score(_rows(conn, f"SELECT {_SCORE_COLUMNS} FROM qa_scores WHERE id = ?", (score_id,))[0])  # nosec B608  # column names from the _SCORE_COLUMNS constant; every value is a ? parameter
 
         return self.catalog.writer.call(job)
 
@@ -370,7 +370,7 @@ class ReviewStore:
 
     @staticmethod
     def _get(conn: apsw.Connection, assignment_id: int) -> Assignment:
-        found = _rows(conn, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments WHERE id = ?", (assignment_id,))
+        found = _rows(conn, f"SELECT {_ASSIGNMENT_COLUMNS} FROM qa_assignments WHERE id = ?", (assignment_id,))  # nosec B608  # column names from the _ASSIGNMENT_COLUMNS constant; every value is a ? parameter
         if not found:
             raise ReviewError(f"no assignment {assignment_id}")
         return _assignment(found[0])

@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import defusedxml
+import defusedxml.ElementTree as DefusedET
 import numpy as np
 import soundfile as sf
 
@@ -188,10 +190,12 @@ def parse_sidecar(path: Path) -> Sidecar:
         if not isinstance(fields, dict):
             raise SpoolReject(f"sidecar {path.name}: expected a JSON object")
     else:
-        if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:   # no DTDs: entity expansion attacks
-            raise SpoolReject(f"sidecar {path.name}: XML with a DTD or entities is refused")
+        # defusedxml refuses any DTD or entity whatever the document's encoding (a byte search for
+        # "<!DOCTYPE" misses a UTF-16 one): no entity-expansion or external-entity attacks
         try:
-            fields = _xml_fields(ET.fromstring(raw))
+            fields = _xml_fields(DefusedET.fromstring(raw, forbid_dtd=True))
+        except defusedxml.DefusedXmlException:
+            raise SpoolReject(f"sidecar {path.name}: XML with a DTD or entities is refused") from None
         except ET.ParseError as err:
             raise SpoolReject(f"sidecar {path.name} is not well-formed XML: {err}") from None
     return check_sidecar(path.name, fields)

@@ -94,7 +94,7 @@ def query_entries(ctx: ConsoleContext, filters: dict[str, str], before: int | No
         params.append(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     with ctx.catalog.reader() as reader:
-        rows: list[Any] = reader.conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit {where} "
+        rows: list[Any] = reader.conn.execute(f"SELECT {', '.join(HASHED_FIELDS)}, hash FROM audit {where} "  # nosec B608  # HASHED_FIELDS and fixed column/operator fragments; filter values are ? parameters
                                               f"ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
     return [AuditEntry(*row) for row in rows]
 

@@ -33,7 +33,7 @@ class TlsError(Exception):
 def _names(hostnames: list[str], listen_host: str) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in dict.fromkeys(hostnames)]
     hosts = {listen_host.strip("[]")}
-    if listen_host.strip("[]") in ("0.0.0.0", "::", ""):   # nosec B104: a comparison, not a bind
+    if listen_host.strip("[]") in ("0.0.0.0", "::", ""):   # nosec B104  # a comparison, not a bind
         hosts = {"127.0.0.1"}
         host = socket.gethostname()
         if host and host not in hostnames:

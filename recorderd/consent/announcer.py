@@ -181,7 +181,7 @@ class Announcer:
             ep.audDevManager().setNullDev()
             transport = pj.TransportConfig()
             transport.port = s.listen_port
-            if s.listen_host not in ("0.0.0.0", "::"):
+            if s.listen_host not in ("0.0.0.0", "::"):  # nosec B104  # a comparison: binds to all interfaces only when consent.listen says so
                 transport.boundAddress = s.listen_host
             if s.contact_host:
                 transport.publicAddress = s.contact_host
@@ -221,7 +221,7 @@ class Announcer:
         media = acc_cfg.mediaConfig
         media.transportConfig.port = s.rtp_port
         media.transportConfig.portRange = s.rtp_port_count
-        if s.listen_host not in ("0.0.0.0", "::"):
+        if s.listen_host not in ("0.0.0.0", "::"):  # nosec B104  # a comparison: binds to all interfaces only when consent.listen says so
             media.transportConfig.boundAddress = s.listen_host
         if s.contact_host:
             media.transportConfig.publicAddress = s.contact_host

@@ -177,7 +177,7 @@ def update_run(catalog: Catalog, run_id: int, now: float, **values: Any) -> None
         raise ValueError(f"not progress fields: {sorted(unknown)}")
     names = sorted(values)
     sets = ", ".join(f"{n} = ?" for n in names)
-    catalog.writer.call(lambda c: c.execute(f"UPDATE backup_runs SET {sets}, updated_at = ? WHERE id = ?",
+    catalog.writer.call(lambda c: c.execute(f"UPDATE backup_runs SET {sets}, updated_at = ? WHERE id = ?",  # nosec B608  # column names checked against PROGRESS_FIELDS above; every value is a ? parameter
                                             (*(values[n] for n in names), now, run_id)))
 
 
@@ -229,7 +229,7 @@ def close_restored_runs(catalog: Catalog, now: float, note: str) -> int:
     return catalog.writer.call(job)
 
 
-_RUN_SQL = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, t.name FROM backup_runs r "
+_RUN_SQL = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, t.name FROM backup_runs r "  # nosec B608  # column names from the RUN_COLUMNS constant
             f"JOIN backup_targets t ON t.id = r.target_id")
 
 

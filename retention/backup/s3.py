@@ -61,6 +61,12 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _content_md5(data: bytes) -> bytes:
+    """The Content-MD5 header (RFC 1864) S3 checks bodies against: a transfer checksum, not security
+    (integrity is the SHA-256 checksum and metadata sent alongside)."""
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
 class S3Remote:
     """An opened S3 target (bucket reachable, Object Lock state known)."""
 
@@ -149,7 +155,7 @@ class S3Remote:
         sha = hashlib.sha256(data).digest()
         self._call("upload", key, lambda: self.client.put_object(
             Bucket=self.settings.bucket, Key=self._key(key), Body=data,
-            ContentMD5=_b64(hashlib.md5(data).digest()), ChecksumSHA256=_b64(sha),   # noqa: S324 - the protocol's MD5
+            ContentMD5=_b64(_content_md5(data)), ChecksumSHA256=_b64(sha),
             Metadata={"sha256": sha.hex(), **metadata}, **self._lock_args()))
 
     def put_file(self, key: str, path: Path, size: int, throttle: Throttle) -> str:
@@ -193,7 +199,7 @@ class S3Remote:
     def _part(self, full: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         done = self._call(f"upload part {number} of", full, lambda: self.client.upload_part(
             Bucket=self.settings.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=data,
-            ContentMD5=_b64(hashlib.md5(data).digest())))   # noqa: S324 - the protocol's MD5
+            ContentMD5=_b64(_content_md5(data))))
         return {"PartNumber": number, "ETag": done["ETag"]}
 
     def get_file(self, key: str, out: BinaryIO, throttle: Throttle) -> tuple[int, str]:

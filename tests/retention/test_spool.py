@@ -161,6 +161,9 @@ def test_bad_files_are_moved_aside_with_the_reason(tmp_path: Path, cli: Callable
     drop_pair(spool, "baddate", good, json.dumps({"call_id": "x", "started_at": "yesterday"}))
     drop_pair(spool, "notawav", b"ID3\x03\x00 an mp3 perhaps, certainly not RIFF", valid)
     drop_pair(spool, "dtd", good, '<!DOCTYPE r [<!ENTITY a "x">]><recording><call_id>&a;</call_id></recording>', ".xml")
+    (spool / "dtd16.wav").write_bytes(good)   # UTF-16: no "<!DOCTYPE" bytes for a byte search to find
+    (spool / "dtd16.xml").write_bytes(('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY a "x">]>'
+                                       '<recording><call_id>&a;</call_id></recording>').encode("utf-16"))
     drop_pair(spool, "threech", wav_bytes(np.zeros((800, 3), np.int16), tmp_path), valid)
     drop_pair(spool, "truncated", good[:-400], valid)   # the header promises 400 bytes more
     (spool / "orphan.wav").write_bytes(good)
@@ -169,7 +172,8 @@ def test_bad_files_are_moved_aside_with_the_reason(tmp_path: Path, cli: Callable
     (spool / "both.xml").write_text(sidecar_xml(fields(2)))
     expected = {
         "badjson": "is not valid JSON", "nocallid": "call_id is missing", "baddate": "started_at: not a timestamp",
-        "notawav": "not a WAV file", "dtd": "DTD or entities is refused", "threech": "1 or 2 channels",
+        "notawav": "not a WAV file", "dtd": "DTD or entities is refused",
+        "dtd16": "DTD or entities is refused", "threech": "1 or 2 channels",
         "truncated": "incomplete WAV after 1 s: the header promises", "orphan": "no sidecar (.json or .xml) arrived",
         "both": "two sidecars",
     }
