@@ -23,7 +23,7 @@ from typing import Any
 import apsw
 
 from capture.recording import iso_utc
-from retention.plan import HeldSet
+from retention.plan import HeldSet, impact
 from retention.rules import RetentionRecord, Rule, RuleError, RuleSet
 from storage.audit import AuditLog
 from storage.catalog import Catalog, CatalogReader, UnknownRecording
@@ -234,7 +234,7 @@ def _holds_on(conn: apsw.Connection, *, include_released: bool, hold_id: int | N
     if hold_id is not None:
         where.append("h.id = ?")
         params.append(hold_id)
-    sql = f"SELECT {_HOLD_COLUMNS} FROM legal_holds h{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY h.id"
+    sql = f"SELECT {_HOLD_COLUMNS} FROM legal_holds h{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY h.id"  # nosec B608  # _HOLD_COLUMNS and fixed WHERE fragments; every value is a ? parameter
     return [_hold(v) for v in _conn_query(conn, sql, tuple(params))]
 
 
@@ -375,6 +375,19 @@ def held_sets(catalog: Catalog, reader: CatalogReader) -> list[HeldSet]:
             ids |= search_ids(catalog, hold.search)
         sets.append(HeldSet(hold.id, hold.case_name, frozenset(ids)))
     return sets
+
+
+def current_rules(catalog: Catalog) -> RuleSet:
+    """The rules in force (read on a reader of its own)."""
+    with catalog.reader() as reader:
+        return load_rules(reader)
+
+
+def rule_change_impact(catalog: Catalog, before: RuleSet, after: RuleSet, now: float) -> dict[str, Any]:
+    """How many recordings change their keeping if ``after`` replaces ``before``: the preview the
+    CLI and the console show before a rule is saved or removed (holds in force counted)."""
+    with catalog.reader() as reader:
+        return impact(iter_records(reader), before, after, held_sets(catalog, reader), now).to_dict()
 
 
 def held_on(conn: apsw.Connection, recording_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""systemd/recorderd.service: `systemd-analyze verify` accepts it, and the hardening is all there.
+"""systemd/*.service (+ .timer): `systemd-analyze verify` accepts each unit, and its hardening is all there.
 
 `systemd-analyze verify` refuses a unit whose ExecStart binary does not exist, and
 /usr/bin/recorderd exists only once the Debian package is installed. The test therefore verifies
@@ -16,12 +16,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "recorderd.service"
+SYSTEMD = ROOT / "systemd"
+UNIT = SYSTEMD / "recorderd.service"
 
 EXPECTED_SERVICE = {
     "Type": "notify",
@@ -53,6 +55,117 @@ EXPECTED_SERVICE = {
 }
 
 
+# what the unprivileged long-running services (web, analysis, consent) all have: their own
+# user and group, no capabilities at all, a read-only file system but for the state directory
+UNPRIVILEGED = {
+    "User": "recorderd",
+    "Group": "recorderd",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/recorderd",
+}
+
+EXPECTED_WEB_SERVICE = {
+    "Type": "notify",
+    "ExecStart": "/usr/bin/recorderd web --config /etc/recorderd/recorderd.toml",
+    **UNPRIVILEGED,
+    "UMask": "0077",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
+}
+
+EXPECTED_BACKUP_SERVICE = {
+    "Type": "oneshot",
+    "ExecStart": "/usr/bin/recorderd backup run --config /etc/recorderd/recorderd.toml",
+    "User": "recorderd",
+    "CapabilityBoundingSet": "",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/recorderd",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+}
+
+EXPECTED_RETENTION_SERVICE = {
+    "Type": "oneshot",
+    "ExecStart": "/usr/bin/recorderd --config /etc/recorderd/recorderd.toml retention apply",
+    "User": "recorderd",
+    "CapabilityBoundingSet": "",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/recorderd /etc/recorderd/keys",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "IPAddressDeny": "any",
+}
+
+# transcription and analytics: lowest priority, no network
+EXPECTED_ANALYSIS_SERVICE = {
+    "Type": "notify",
+    "ExecStart": "/usr/bin/recorderd analysis run --config /etc/recorderd/recorderd.toml",
+    "Restart": "on-failure",
+    "Nice": "19",
+    "CPUSchedulingPolicy": "idle",
+    "IOSchedulingClass": "idle",
+    **UNPRIVILEGED,
+    "PrivateNetwork": "yes",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "IPAddressDeny": "any",
+    "PrivateTmp": "yes",
+    "SystemCallFilter": "@system-service",
+}
+
+EXPECTED_CONSENT_SERVICE = {
+    "Type": "notify",
+    "ExecStart": "/usr/bin/recorderd consent run --config /etc/recorderd/recorderd.toml",
+    "WatchdogSec": "30",
+    "Restart": "on-failure",
+    **UNPRIVILEGED,
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "RestrictNamespaces": "yes",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
+}
+
+
+@dataclass(frozen=True)
+class UnitCase:
+    """One shipped service: the [Service] directives it must have, and how it gets started."""
+
+    unit: Path
+    service: dict[str, str]
+    wanted_by: str | None = "multi-user.target"  # its [Install] WantedBy; None when a timer starts it
+    timer: Path | None = None  # the .timer that starts it (Unit=, Persistent=true, timers.target)
+    unit_section: dict[str, list[str]] = field(default_factory=dict)  # [Unit] directives it must have
+
+
+UNIT_CASES = [
+    UnitCase(UNIT, EXPECTED_SERVICE),
+    UnitCase(SYSTEMD / "recorderd-web.service", EXPECTED_WEB_SERVICE),  # the console, unprivileged
+    UnitCase(SYSTEMD / "recorderd-backup.service", EXPECTED_BACKUP_SERVICE, wanted_by=None,
+             timer=SYSTEMD / "recorderd-backup.timer"),  # the nightly offsite backup run
+    UnitCase(SYSTEMD / "recorderd-retention.service", EXPECTED_RETENTION_SERVICE, wanted_by=None,
+             timer=SYSTEMD / "recorderd-retention.timer",  # the nightly retention run, before the backup
+             unit_section={"Before": ["recorderd-backup.service"]}),
+    UnitCase(SYSTEMD / "recorderd-analysis.service", EXPECTED_ANALYSIS_SERVICE),
+    UnitCase(SYSTEMD / "recorderd-consent.service", EXPECTED_CONSENT_SERVICE),  # the consent announcer
+]
+by_unit = pytest.mark.parametrize("case", UNIT_CASES, ids=lambda case: case.unit.name)
+
+
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     """Sections → key → every value given (systemd.syntax(7): '#'/';' comments, '\\' joins lines)."""
     sections: dict[str, dict[str, list[str]]] = {}
@@ -72,33 +185,52 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-def test_every_directive_is_present_once_with_its_value() -> None:
-    service = parse_unit(UNIT.read_text())["Service"]
-    wrong = {key: service.get(key) for key, value in EXPECTED_SERVICE.items() if service.get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_SERVICE})"
+@by_unit
+def test_every_directive_is_present_once_with_its_value(case: UnitCase) -> None:
+    unit = parse_unit(case.unit.read_text())
+    service = unit["Service"]
+    wrong = {key: service.get(key) for key, value in case.service.items() if service.get(key) != [value]}
+    assert not wrong, f"directives missing, repeated or with another value (want {case.service})"
+    for key, values in case.unit_section.items():
+        assert unit["Unit"].get(key) == values, f"[Unit] {key}"
 
 
-def test_the_unit_is_installable() -> None:
-    unit = parse_unit(UNIT.read_text())
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+@by_unit
+def test_the_unit_is_installable(case: UnitCase) -> None:
+    unit = parse_unit(case.unit.read_text())
     assert unit["Unit"]["Description"]
+    if case.wanted_by is not None:
+        assert unit["Install"]["WantedBy"] == [case.wanted_by]
+    if case.timer is not None:
+        timer = parse_unit(case.timer.read_text())
+        assert timer["Timer"]["Unit"] == [case.unit.name]
+        assert timer["Timer"]["Persistent"] == ["true"]
+        assert timer["Install"]["WantedBy"] == ["timers.target"]
 
 
-def _verify(unit_text: str, directory: Path, unit: Path = UNIT) -> tuple[int, list[str]]:
-    """Run systemd-analyze verify on a copy; returns its exit code and its lines about the unit."""
+def _verify(unit_text: str, directory: Path, unit: Path = UNIT,
+            companions: tuple[Path, ...] = ()) -> tuple[int, list[str]]:
+    """Run systemd-analyze verify on a copy (with copies of `companions`, e.g. its timer, verified
+    together); returns its exit code and its lines about the unit."""
     runnable = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", unit_text, count=1, flags=re.MULTILINE)
     assert runnable != unit_text
     path = directory / unit.name
     path.write_text(runnable)
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+    paths = [path]
+    for companion in companions:
+        paths.append(directory / companion.name)
+        paths[-1].write_text(companion.read_text())
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, paths)],
                           capture_output=True, text=True, timeout=60)
     output = (done.stdout + done.stderr).splitlines()
     return done.returncode, [line for line in output if unit.name in line or unit.stem in line]
 
 
-def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
+@by_unit
+def test_systemd_analyze_verify_passes(tmp_path: Path, case: UnitCase) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: install the Debian package systemd"
-    code, findings = _verify(UNIT.read_text(), tmp_path)
+    companions = (case.timer,) if case.timer is not None else ()
+    code, findings = _verify(case.unit.read_text(), tmp_path, case.unit, companions)
     assert (code, findings) == (0, [])
 
 
@@ -114,198 +246,3 @@ def test_verify_would_catch_a_broken_unit(tmp_path: Path, good: str, bad: str) -
     assert broken.count(bad) == 1
     code, findings = _verify(broken, tmp_path)
     assert code != 0 or findings
-
-
-# --- systemd/recorderd-web.service: the console, unprivileged ------------------------------
-
-WEB_UNIT = ROOT / "systemd" / "recorderd-web.service"
-EXPECTED_WEB_SERVICE = {
-    "Type": "notify",
-    "ExecStart": "/usr/bin/recorderd web --config /etc/recorderd/recorderd.toml",
-    "User": "recorderd",
-    "Group": "recorderd",
-    "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "",
-    "NoNewPrivileges": "yes",
-    "UMask": "0077",
-    "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/recorderd",
-    "ProtectHome": "yes",
-    "PrivateTmp": "yes",
-    "PrivateDevices": "yes",
-    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
-    "ProtectKernelTunables": "yes",
-    "ProtectKernelModules": "yes",
-    "ProtectControlGroups": "yes",
-    "RestrictNamespaces": "yes",
-    "RestrictSUIDSGID": "yes",
-    "LockPersonality": "yes",
-    "SystemCallArchitectures": "native",
-    "SystemCallFilter": "@system-service",
-}
-
-
-def test_web_unit_has_no_privileges_and_the_hardening() -> None:
-    unit = parse_unit(WEB_UNIT.read_text())
-    service = unit["Service"]
-    wrong = {key: service.get(key) for key, value in EXPECTED_WEB_SERVICE.items() if service.get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_WEB_SERVICE})"
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
-
-
-def test_web_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    code, findings = _verify(WEB_UNIT.read_text(), tmp_path, WEB_UNIT)
-    assert (code, findings) == (0, [])
-
-
-# --- systemd/recorderd-backup.service + .timer: the nightly offsite backup run ------------
-
-BACKUP_UNIT = ROOT / "systemd" / "recorderd-backup.service"
-BACKUP_TIMER = ROOT / "systemd" / "recorderd-backup.timer"
-EXPECTED_BACKUP_SERVICE = {
-    "Type": "oneshot",
-    "ExecStart": "/usr/bin/recorderd backup run --config /etc/recorderd/recorderd.toml",
-    "User": "recorderd",
-    "CapabilityBoundingSet": "",
-    "NoNewPrivileges": "yes",
-    "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/recorderd",
-    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
-}
-
-
-def test_backup_unit_and_timer() -> None:
-    service = parse_unit(BACKUP_UNIT.read_text())["Service"]
-    wrong = {key: service.get(key) for key, value in EXPECTED_BACKUP_SERVICE.items() if service.get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_BACKUP_SERVICE})"
-    timer = parse_unit(BACKUP_TIMER.read_text())
-    assert timer["Timer"]["Unit"] == [BACKUP_UNIT.name]
-    assert timer["Timer"]["Persistent"] == ["true"]
-    assert timer["Install"]["WantedBy"] == ["timers.target"]
-
-
-def test_backup_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    """The service with ExecStart runnable (as _verify does) and the timer that starts it, together."""
-    runnable = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", BACKUP_UNIT.read_text(), count=1, flags=re.MULTILINE)
-    (tmp_path / BACKUP_UNIT.name).write_text(runnable)
-    (tmp_path / BACKUP_TIMER.name).write_text(BACKUP_TIMER.read_text())
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / BACKUP_UNIT.name),
-                           str(tmp_path / BACKUP_TIMER.name)], capture_output=True, text=True, timeout=60)
-    findings = [line for line in (done.stdout + done.stderr).splitlines() if "recorderd-backup" in line]
-    assert (done.returncode, findings) == (0, [])
-
-
-# --- systemd/recorderd-retention.service + .timer: the nightly retention run -------------
-
-RETENTION_UNIT = ROOT / "systemd" / "recorderd-retention.service"
-RETENTION_TIMER = ROOT / "systemd" / "recorderd-retention.timer"
-EXPECTED_RETENTION_SERVICE = {
-    "Type": "oneshot",
-    "ExecStart": "/usr/bin/recorderd --config /etc/recorderd/recorderd.toml retention apply",
-    "User": "recorderd",
-    "CapabilityBoundingSet": "",
-    "NoNewPrivileges": "yes",
-    "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/recorderd /etc/recorderd/keys",
-    "RestrictAddressFamilies": "AF_UNIX",
-    "IPAddressDeny": "any",
-}
-
-
-def test_retention_unit_and_timer() -> None:
-    service = parse_unit(RETENTION_UNIT.read_text())
-    wrong = {key: service["Service"].get(key) for key, value in EXPECTED_RETENTION_SERVICE.items()
-             if service["Service"].get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_RETENTION_SERVICE})"
-    assert service["Unit"]["Before"] == ["recorderd-backup.service"]
-    timer = parse_unit(RETENTION_TIMER.read_text())
-    assert timer["Timer"]["Unit"] == [RETENTION_UNIT.name]
-    assert timer["Timer"]["Persistent"] == ["true"]
-    assert timer["Install"]["WantedBy"] == ["timers.target"]
-
-
-def test_retention_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    runnable = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", RETENTION_UNIT.read_text(), count=1,
-                      flags=re.MULTILINE)
-    (tmp_path / RETENTION_UNIT.name).write_text(runnable)
-    (tmp_path / RETENTION_TIMER.name).write_text(RETENTION_TIMER.read_text())
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / RETENTION_UNIT.name),
-                           str(tmp_path / RETENTION_TIMER.name)], capture_output=True, text=True, timeout=60)
-    findings = [line for line in (done.stdout + done.stderr).splitlines() if "recorderd-retention" in line]
-    assert (done.returncode, findings) == (0, [])
-
-
-# --- systemd/recorderd-analysis.service: transcription and analytics, lowest priority, no network --
-
-ANALYSIS_UNIT = ROOT / "systemd" / "recorderd-analysis.service"
-EXPECTED_ANALYSIS_SERVICE = {
-    "Type": "notify",
-    "ExecStart": "/usr/bin/recorderd analysis run --config /etc/recorderd/recorderd.toml",
-    "Restart": "on-failure",
-    "Nice": "19",
-    "CPUSchedulingPolicy": "idle",
-    "IOSchedulingClass": "idle",
-    "User": "recorderd",
-    "Group": "recorderd",
-    "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "",
-    "NoNewPrivileges": "yes",
-    "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/recorderd",
-    "PrivateNetwork": "yes",
-    "RestrictAddressFamilies": "AF_UNIX",
-    "IPAddressDeny": "any",
-    "PrivateTmp": "yes",
-    "SystemCallFilter": "@system-service",
-}
-
-
-def test_analysis_unit_is_low_priority_without_network_or_privileges() -> None:
-    unit = parse_unit(ANALYSIS_UNIT.read_text())
-    service = unit["Service"]
-    wrong = {key: service.get(key) for key, value in EXPECTED_ANALYSIS_SERVICE.items() if service.get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_ANALYSIS_SERVICE})"
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
-
-
-def test_analysis_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    code, findings = _verify(ANALYSIS_UNIT.read_text(), tmp_path, ANALYSIS_UNIT)
-    assert (code, findings) == (0, [])
-
-
-# --- systemd/recorderd-consent.service: the consent announcer, unprivileged ----------------
-
-CONSENT_UNIT = ROOT / "systemd" / "recorderd-consent.service"
-EXPECTED_CONSENT_SERVICE = {
-    "Type": "notify",
-    "ExecStart": "/usr/bin/recorderd consent run --config /etc/recorderd/recorderd.toml",
-    "WatchdogSec": "30",
-    "Restart": "on-failure",
-    "User": "recorderd",
-    "Group": "recorderd",
-    "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "",
-    "NoNewPrivileges": "yes",
-    "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/recorderd",
-    "ProtectHome": "yes",
-    "PrivateTmp": "yes",
-    "PrivateDevices": "yes",
-    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-    "RestrictNamespaces": "yes",
-    "SystemCallArchitectures": "native",
-    "SystemCallFilter": "@system-service",
-}
-
-
-def test_consent_unit_has_no_privileges_and_the_hardening() -> None:
-    unit = parse_unit(CONSENT_UNIT.read_text())
-    service = unit["Service"]
-    wrong = {key: service.get(key) for key, value in EXPECTED_CONSENT_SERVICE.items() if service.get(key) != [value]}
-    assert not wrong, f"directives missing, repeated or with another value (want {EXPECTED_CONSENT_SERVICE})"
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
-
-
-def test_consent_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    code, findings = _verify(CONSENT_UNIT.read_text(), tmp_path, CONSENT_UNIT)
-    assert (code, findings) == (0, [])

@@ -243,16 +243,23 @@ def _checked_grant(recording_id: str) -> int:
     return seq
 
 
-def _audio_response(recording_id: str, *, attachment: bool) -> Response:
-    """The WAV (or the requested range of it) streamed from the vault."""
+def _open_audio(recording_id: str, *, audit_failure: bool) -> playback.AudioSource:
+    """The recording's audio, opened from the vault; 404 for no such recording, the reason it
+    cannot be played otherwise (an audit entry of the failure when ``audit_failure``)."""
     row = request_reader().row(recording_id)
     if row is None:
         abort(404)
     try:
-        source = playback.open_audio(current_context(), request_reader(), row)
+        return playback.open_audio(current_context(), request_reader(), row)
     except playback.AudioUnavailable as err:
-        audit_event(str(g.get("recorderd_action", "")), recording_id, "failed", reason=str(err))
+        if audit_failure:
+            audit_event(str(g.get("recorderd_action", "")), recording_id, "failed", reason=str(err))
         abort(err.status, description=str(err))
+
+
+def _audio_response(recording_id: str, *, attachment: bool) -> Response:
+    """The WAV (or the requested range of it) streamed from the vault."""
+    source = _open_audio(recording_id, audit_failure=True)
     headers = {"Accept-Ranges": "bytes", "ETag": source.etag, "Content-Type": "audio/wav",
                "Content-Disposition": f'{"attachment" if attachment else "inline"}; filename="{recording_id}.wav"'}
     wanted = request.headers.get("Range")
@@ -285,13 +292,7 @@ def waveform(recording_id: str) -> ResponseReturnValue:
     require_visible(recording_id)
     _checked_grant(recording_id)
     mark_audited()
-    row = request_reader().row(recording_id)
-    if row is None:
-        abort(404)
-    try:
-        source = playback.open_audio(current_context(), request_reader(), row)
-    except playback.AudioUnavailable as err:
-        abort(err.status, description=str(err))
+    source = _open_audio(recording_id, audit_failure=False)
     try:
         return _peaks_cache().get(source, settings()["waveform_points"])
     finally:

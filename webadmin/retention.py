@@ -19,20 +19,18 @@ from flask import Blueprint, abort, render_template, request
 from flask.typing import ResponseReturnValue
 
 from retention.periods import Period, PeriodError
-from retention.plan import impact
 from retention.purge import Purger
-from retention.rules import DIRECTIONS, Rule, RuleError, RuleSet
+from retention.rules import DIRECTIONS, Rule, RuleError
 from retention.store import (
     Actor,
     HoldError,
     approve_release,
-    held_sets,
-    iter_records,
+    current_rules,
     list_holds,
-    load_rules,
     place_hold,
     remove_rule,
     request_release,
+    rule_change_impact,
     rule_set_with,
     rule_set_without,
     save_rule,
@@ -99,22 +97,6 @@ def _form_values(rule: Rule | None) -> dict[str, Any]:
             "description": rule.description}
 
 
-def _rules(ctx: ConsoleContext) -> RuleSet:
-    reader = ctx.catalog.reader()
-    try:
-        return load_rules(reader)
-    finally:
-        reader.close()
-
-
-def _impact(ctx: ConsoleContext, before: RuleSet, after: RuleSet) -> dict[str, Any]:
-    reader = ctx.catalog.reader()
-    try:
-        return impact(iter_records(reader), before, after, held_sets(ctx.catalog, reader), time.time()).to_dict()
-    finally:
-        reader.close()
-
-
 def _index(status: int = 200, *, form: dict[str, Any] | None = None, error: str = "", notice: str = "",
            preview: dict[str, Any] | None = None) -> ResponseReturnValue:
     ctx = current_context()
@@ -147,13 +129,13 @@ def save() -> ResponseReturnValue:
                  "replace": bool(request.form.get("replace"))}
     try:
         rule = _rule_from_form()
-        before = _rules(ctx)
+        before = current_rules(ctx.catalog)
         if rule.name in before.by_name and not submitted["replace"]:
             raise RuleError(f"a rule named {rule.name} exists already: edit it instead")
         after = rule_set_with(before, rule)
     except (RuleError, PeriodError) as err:
         return _index(400, form=submitted, error=str(err))
-    change = _impact(ctx, before, after)
+    change = rule_change_impact(ctx.catalog, before, after, time.time())
     if not request.form.get("confirm"):
         return _index(form=submitted, preview={"kind": "save", "rule": rule.to_dict(), "impact": change})
     save_rule(ctx.catalog, ctx.audit, rule, _actor(), impact=change)
@@ -168,11 +150,11 @@ def remove() -> ResponseReturnValue:
     ctx = current_context()
     name = _field("name")
     try:
-        before = _rules(ctx)
+        before = current_rules(ctx.catalog)
         after = rule_set_without(before, name)
     except RuleError as err:
         return _index(400, error=str(err))
-    change = _impact(ctx, before, after)
+    change = rule_change_impact(ctx.catalog, before, after, time.time())
     if not request.form.get("confirm"):
         return _index(preview={"kind": "remove", "rule": before.by_name[name].to_dict(), "impact": change})
     remove_rule(ctx.catalog, ctx.audit, name, _actor(), impact=change)

@@ -72,6 +72,16 @@ def _secret_page(username: str, secret: str, why: str) -> ResponseReturnValue:
                            secret=secret, why=why)
 
 
+def _changed(username: str, reason: str, detail: dict[str, Any] | None = None, *,
+             secret: str | None = None, why: str = "") -> ResponseReturnValue:
+    """Audit a change made to ``username`` (ok); then the list again, or the new TOTP secret
+    (shown this once, with ``why``) when the change made one."""
+    audit_event(MANAGE, f"user:{username}", "ok", reason, detail)
+    if secret:
+        return _secret_page(username, secret, why)
+    return redirect(url_for("users.index"))
+
+
 @bp.get("")
 @requires(LIST)
 def index() -> ResponseReturnValue:
@@ -90,11 +100,9 @@ def create() -> ResponseReturnValue:
             totp=bool(request.form.get("totp")), min_password_length=security.web_settings()["min_password_length"])
     except UserError as err:
         return _refused(username or "-", "create", err)
-    audit_event(MANAGE, f"user:{user.username}", "ok", "user created",
-                {"role": user.role, "agent_id": user.agent_id, "totp": secret is not None})
-    if secret:
-        return _secret_page(user.username, secret, "new user")
-    return redirect(url_for("users.index"))
+    return _changed(user.username, "user created",
+                    {"role": user.role, "agent_id": user.agent_id, "totp": secret is not None},
+                    secret=secret, why="new user")
 
 
 @bp.post("/<username>/role")
@@ -108,11 +116,9 @@ def set_role(username: str) -> ResponseReturnValue:
         secret = security.user_store().set_role(username, role)
     except UserError as err:
         return _refused(username, "set role", err)
-    audit_event(MANAGE, f"user:{username}", "ok", f"role {user.role} -> {role}",
-                {"old_role": user.role, "new_role": role, "new_totp": secret is not None})
-    if secret:
-        return _secret_page(username, secret, f"role {role} needs a second factor")
-    return redirect(url_for("users.index"))
+    return _changed(username, f"role {user.role} -> {role}",
+                    {"old_role": user.role, "new_role": role, "new_totp": secret is not None},
+                    secret=secret, why=f"role {role} needs a second factor")
 
 
 @bp.post("/<username>/agent")
@@ -124,9 +130,8 @@ def set_agent(username: str) -> ResponseReturnValue:
         security.user_store().set_agent_id(username, agent_id)
     except UserError as err:
         return _refused(username, "set agent id", err)
-    audit_event(MANAGE, f"user:{username}", "ok", f"agent id {user.agent_id} -> {agent_id}",
-                {"old_agent_id": user.agent_id, "new_agent_id": agent_id})
-    return redirect(url_for("users.index"))
+    return _changed(username, f"agent id {user.agent_id} -> {agent_id}",
+                    {"old_agent_id": user.agent_id, "new_agent_id": agent_id})
 
 
 @bp.post("/<username>/disable")
@@ -136,8 +141,7 @@ def disable(username: str) -> ResponseReturnValue:
     if _is_last_admin(user):
         return _refused(username, "disable", "the last enabled admin cannot be disabled")
     security.user_store().set_disabled(username, True)
-    audit_event(MANAGE, f"user:{username}", "ok", "disabled (sessions ended)")
-    return redirect(url_for("users.index"))
+    return _changed(username, "disabled (sessions ended)")
 
 
 @bp.post("/<username>/enable")
@@ -145,8 +149,7 @@ def disable(username: str) -> ResponseReturnValue:
 def enable(username: str) -> ResponseReturnValue:
     _target(username)
     security.user_store().set_disabled(username, False)
-    audit_event(MANAGE, f"user:{username}", "ok", "enabled")
-    return redirect(url_for("users.index"))
+    return _changed(username, "enabled")
 
 
 @bp.post("/<username>/totp")
@@ -158,12 +161,8 @@ def reset_totp(username: str) -> ResponseReturnValue:
         secret = security.user_store().reset_totp(username, enabled=not remove)
     except UserError as err:
         return _refused(username, "second factor", err)
-    audit_event(MANAGE, f"user:{username}", "ok",
-                "second factor removed" if remove else "new TOTP secret (sessions ended)",
-                {"had_totp": user.has_totp})
-    if secret:
-        return _secret_page(username, secret, "second factor reset")
-    return redirect(url_for("users.index"))
+    return _changed(username, "second factor removed" if remove else "new TOTP secret (sessions ended)",
+                    {"had_totp": user.has_totp}, secret=secret, why="second factor reset")
 
 
 @bp.post("/<username>/password")
@@ -175,8 +174,7 @@ def set_password(username: str) -> ResponseReturnValue:
                                            security.web_settings()["min_password_length"])
     except UserError as err:
         return _refused(username, "set password", err)
-    audit_event(MANAGE, f"user:{username}", "ok", "password set by an admin (sessions ended)")
-    return redirect(url_for("users.index"))
+    return _changed(username, "password set by an admin (sessions ended)")
 
 
 @bp.post("/<username>/unlock")
@@ -184,5 +182,4 @@ def set_password(username: str) -> ResponseReturnValue:
 def unlock(username: str) -> ResponseReturnValue:
     user = _target(username)
     security.user_store().unlock(username)
-    audit_event(MANAGE, f"user:{username}", "ok", "unlocked", {"failed_logins": user.failed_logins})
-    return redirect(url_for("users.index"))
+    return _changed(username, "unlocked", {"failed_logins": user.failed_logins})

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from capture.recording import iso_utc
@@ -17,20 +18,19 @@ from recorderd.appliance import Appliance, cli_actor
 from recorderd.commands.common import EXIT_OK, EXIT_PROBLEM, UsageError
 from recorderd.commands.store import ROLE, appliance_from
 from retention.periods import Period, PeriodError
-from retention.plan import PurgePlan, impact
+from retention.plan import PurgePlan
 from retention.purge import Purger
 from retention.rules import DIRECTIONS, Rule, RuleError, RuleSet
 from retention.store import (
     Actor,
     HoldError,
     approve_release,
-    held_sets,
-    iter_records,
+    current_rules,
     list_holds,
-    load_rules,
     place_hold,
     remove_rule,
     request_release,
+    rule_change_impact,
     rule_set_with,
     rule_set_without,
     save_rule,
@@ -206,24 +206,6 @@ def rule_from_args(args: argparse.Namespace) -> Rule:
         raise UsageError(f"retention rule: {err}") from err
 
 
-def rule_impact(app: Appliance, before: RuleSet, after: RuleSet, now: float) -> dict[str, Any]:
-    """How many recordings change their keeping if ``after`` replaces ``before`` (the preview)."""
-    reader = app.catalog.reader()
-    try:
-        holds = held_sets(app.catalog, reader)
-        return impact(iter_records(reader), before, after, holds, now).to_dict()
-    finally:
-        reader.close()
-
-
-def _current_rules(app: Appliance) -> RuleSet:
-    reader = app.catalog.reader()
-    try:
-        return load_rules(reader)
-    finally:
-        reader.close()
-
-
 def _report_change(verb: str, name: str, change: dict[str, Any], dry_run: bool, as_json: bool) -> None:
     if as_json:
         _print_json({"rule": name, "saved": not dry_run, "impact": change})
@@ -233,30 +215,39 @@ def _report_change(verb: str, name: str, change: dict[str, Any], dry_run: bool, 
           f"due now {change['due_before']} -> {change['due_after']})")
 
 
-def cmd_rule_add(args: argparse.Namespace) -> int:
-    rule = rule_from_args(args)
+def _change_rules(args: argparse.Namespace, name: str, verbs: tuple[str, str],
+                  after_of: Callable[[RuleSet], RuleSet], store: Callable[[Appliance, dict[str, Any]], object]) -> int:
+    """Show what replacing the rules by ``after_of(rules)`` changes and, unless --dry-run, make
+    the change with ``store(app, impact)``; ``verbs``: (done, would do)."""
     with appliance_from(args, recover=False) as app:
-        before = _current_rules(app)
-        if rule.name in before.by_name and not args.replace:
-            raise UsageError(f"retention rule: {rule.name} exists already (use --replace to change it)")
+        before = current_rules(app.catalog)
         try:
-            after = rule_set_with(before, rule)
+            after = after_of(before)
         except RuleError as err:
             raise UsageError(f"retention rule: {err}") from err
-        change = rule_impact(app, before, after, time.time())
+        change = rule_change_impact(app.catalog, before, after, time.time())
         if not args.dry_run:
-            save_rule(app.catalog, app.audit, rule, _actor(), impact=change)
-    _report_change("saved" if not args.dry_run else "save", rule.name, change, args.dry_run, args.json)
+            store(app, change)
+    _report_change(verbs[1] if args.dry_run else verbs[0], name, change, args.dry_run, args.json)
     return EXIT_OK
+
+
+def cmd_rule_add(args: argparse.Namespace) -> int:
+    rule = rule_from_args(args)
+
+    def with_rule(before: RuleSet) -> RuleSet:
+        if rule.name in before.by_name and not args.replace:
+            raise UsageError(f"retention rule: {rule.name} exists already (use --replace to change it)")
+        return rule_set_with(before, rule)
+
+    return _change_rules(args, rule.name, ("saved", "save"), with_rule,
+                         lambda app, change: save_rule(app.catalog, app.audit, rule, _actor(), impact=change))
 
 
 def cmd_rule_list(args: argparse.Namespace) -> int:
     with appliance_from(args, recover=False) as app:
-        reader = app.catalog.reader()
-        try:
+        with app.catalog.reader() as reader:
             rules = stored_rules(reader)
-        finally:
-            reader.close()
         app.audit.append(cli_actor(), ROLE, "retention_rule_list", "retention", "ok")
     if args.json:
         _print_json({"rules": [r.to_dict() for r in rules]})
@@ -272,17 +263,8 @@ def cmd_rule_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rule_remove(args: argparse.Namespace) -> int:
-    with appliance_from(args, recover=False) as app:
-        before = _current_rules(app)
-        try:
-            after = rule_set_without(before, args.name)
-        except RuleError as err:
-            raise UsageError(f"retention rule: {err}") from err
-        change = rule_impact(app, before, after, time.time())
-        if not args.dry_run:
-            remove_rule(app.catalog, app.audit, args.name, _actor(), impact=change)
-    _report_change("removed" if not args.dry_run else "remove", args.name, change, args.dry_run, args.json)
-    return EXIT_OK
+    return _change_rules(args, args.name, ("removed", "remove"), lambda before: rule_set_without(before, args.name),
+                         lambda app, change: remove_rule(app.catalog, app.audit, args.name, _actor(), impact=change))
 
 
 # -- holds ------------------------------------------------------------------------------------------
@@ -308,11 +290,8 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
 
 def cmd_hold_list(args: argparse.Namespace) -> int:
     with appliance_from(args, recover=False) as app:
-        reader = app.catalog.reader()
-        try:
+        with app.catalog.reader() as reader:
             holds = list_holds(reader, include_released=args.all)
-        finally:
-            reader.close()
         app.audit.append(cli_actor(), ROLE, "legal_hold_list", "retention", "ok")
     if args.json:
         _print_json({"holds": [h.to_dict() for h in holds]})

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +17,20 @@ from analysis.rules import load_rules
 from analysis.transcribe import ChannelTranscript, TextSegment
 from analysis.worker import AnalysisSettings, AnalysisWorker
 from tests.webadmin.conftest import (
-    PASSWORD,
-    ROOT,
+    browser_login,
     console_errors,
-    current_code,
-    free_port,
     make_user,
     screenshot,
-    wait_for_https,
+    wait_for_js,
+    web_server,
 )
-from tests.webadmin.recordings_helpers import SmallAppliance, chromium, grant_for, logged_in, small_appliance
+from tests.webadmin.recordings_helpers import (
+    SmallAppliance,
+    grant_for,
+    logged_in,
+    player_chromium,
+    small_appliance,
+)
 
 DAY = "2026-02-02"          # the calls below start at 1_770_000_000 = 2026-02-02T02:40Z
 SAYS = {"agent": "Hello, this call is recorded. We offer a guaranteed return on this fund.",
@@ -71,51 +72,19 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallAppliance]:
 
 @pytest.fixture(scope="module")
 def server(box: SmallAppliance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("web-log") / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "recorderd", "--config", str(box.config_path), "web",
-                                    "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        wait_for_https(f"https://127.0.0.1:{port}", process, 30.0)
-        yield f"https://127.0.0.1:{port}"
-    except AssertionError:
-        raise AssertionError(log.read_text()[-3000:]) from None
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def wait_for(driver: Any, script: str, timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for: {script}"
-        time.sleep(0.1)
+    with web_server(box.config_path, tmp_path_factory.mktemp("web-log"), 30.0) as url:
+        yield url
 
 
 def test_reports_page_renders_with_charts_in_the_browser(box: SmallAppliance, server: str, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     username, _secret = make_user(box.ctx, "auditor", totp=True)
-    with chromium(tmp_path / "profile") as driver:
-        driver.get(f"{server}/login")
-        driver.find_element(By.ID, "username").send_keys(username)
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        driver.find_element(By.ID, "login-submit").click()
-        wait_for(driver, "document.getElementById('code')")
-        driver.find_element(By.ID, "code").send_keys(current_code(box.ctx, username))
-        driver.find_element(By.ID, "code-submit").click()
-        wait_for(driver, "!location.pathname.startsWith('/login')")
+    with player_chromium(tmp_path / "profile") as driver:
+        browser_login(driver, server, box.ctx, username)
         assert driver.find_element(By.LINK_TEXT, "Reports")       # in the navigation for an auditor
         driver.get(f"{server}/reports?from={DAY}&to={DAY}&group=agent")
-        wait_for(driver, "document.getElementById('chart-hits')")
+        wait_for_js(driver, "document.getElementById('chart-hits')")
         bars = driver.execute_script(
             "return Array.from(document.querySelectorAll('svg.chart rect.bar')).map("
             "b => [b.closest('svg').id, b.dataset.label, Number(b.dataset.value), b.getBoundingClientRect().height])")

@@ -9,9 +9,12 @@
   (unique name, TOTP enrolled and answered when the role needs it) and logs the client in
   through the real login pages (CSRF included).
 * ``live_server``: `recorderd web` itself (gunicorn over HTTPS, self-signed certificate) on a
-  free loopback port, as a subprocess on the same appliance; its base URL.
+  free loopback port, as a subprocess on the same appliance; its base URL. ``web_server(config,
+  log_dir)`` runs one on any appliance (tests with an appliance of their own).
 * ``browser``: headless Chromium driven by selenium (flags from the contract), accepting the
-  self-signed certificate; ``screenshot(browser, name)`` keeps a PNG in ``ARTIFACTS``.
+  self-signed certificate; ``chromium(profile, ...)`` makes one with more flags or logs;
+  ``screenshot(browser, name)`` keeps a PNG in ``ARTIFACTS``; ``wait_for_js`` polls a script;
+  ``browser_login`` logs the browser in through the pages (TOTP answered when enrolled).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,20 +209,24 @@ def wait_for_https(url: str, process: subprocess.Popen[bytes], timeout_s: float)
     raise AssertionError(f"recorderd web did not answer on {url} within {timeout_s} s")
 
 
-@pytest.fixture(scope="session")
-def live_server(appliance_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def web_server(config: Path, log_dir: Path, timeout_s: float = SERVER_START_S) -> Iterator[str]:
+    """`recorderd web --config CONFIG` on a free loopback port (its output in LOG_DIR/web.log);
+    its base URL while the block runs, stopped after. When it does not come up within
+    ``timeout_s`` the failure is the tail of its log."""
     port = free_port()
-    log = tmp_path_factory.mktemp("web-log") / "web.log"
+    log = log_dir / "web.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recorderd", "--config", str(appliance_config), "web",
+            [sys.executable, "-m", "recorderd", "--config", str(config), "web",
              "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"https://127.0.0.1:{port}"
     try:
-        wait_for_https(url, process, SERVER_START_S)
+        try:
+            wait_for_https(url, process, timeout_s)
+        except AssertionError:
+            raise AssertionError(log.read_text()[-3000:]) from None
         yield url
-    except AssertionError:
-        raise AssertionError(log.read_text()[-3000:]) from None
     finally:
         process.terminate()
         try:
@@ -228,8 +236,18 @@ def live_server(appliance_config: Path, tmp_path_factory: pytest.TempPathFactory
             process.wait(timeout=5)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="session")
+def live_server(appliance_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with web_server(appliance_config, tmp_path_factory.mktemp("web-log")) as url:
+        yield url
+
+
+@contextmanager
+def chromium(profile: Path, *, window_size: str = "1280,900", extra_flags: tuple[str, ...] = (),
+             performance_log: bool = False) -> Iterator[Any]:
+    """Headless Chromium with the contract's flags (plus ``extra_flags``), its profile in
+    ``profile`` (removed after); the browser console log kept, Chrome's performance log too
+    when asked (the HTTP responses it received)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -237,17 +255,54 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--ignore-certificate-errors", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 "--disable-dev-shm-usage", "--ignore-certificate-errors", f"--window-size={window_size}",
+                 *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"} if performance_log
+                           else {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     driver.set_page_load_timeout(30)
     try:
         yield driver
     finally:
         driver.quit()
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
+
+
+def wait_for_js(driver: Any, script: str, timeout_s: float = 15.0) -> Any:
+    """Poll a JavaScript expression until it is truthy; its value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = driver.execute_script(f"return ({script});")
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for: {script}"
+        time.sleep(0.1)
+
+
+def browser_login(driver: Any, server: str, ctx: ConsoleContext, username: str) -> None:
+    """Log the browser in through the pages as ``username`` (with ``PASSWORD``) as a new login
+    (earlier cookies dropped), answering the code page when the user has TOTP enrolled."""
+    from selenium.webdriver.common.by import By
+
+    user = get_user(ctx.catalog, username)
+    assert user is not None, username
+    driver.delete_all_cookies()
+    driver.get(f"{server}/login")
+    driver.find_element(By.ID, "username").send_keys(username)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login-submit").click()
+    if user.totp_secret:
+        wait_for_js(driver, "document.getElementById('code')")
+        driver.find_element(By.ID, "code").send_keys(current_code(ctx, username))
+        driver.find_element(By.ID, "code-submit").click()
+    wait_for_js(driver, "!location.pathname.startsWith('/login')")
 
 
 def screenshot(driver: Any, name: str) -> Path:

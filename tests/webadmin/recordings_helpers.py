@@ -3,16 +3,15 @@
 ``small_appliance`` makes an appliance of the test module's own (`recorderd init` + `replay
 --store` of generated calls with known audio), so that these tests can count recordings,
 assignments and samples exactly whatever other tests add to the session's shared appliance.
-``chromium`` is the contract's headless Chromium with Chrome's performance log switched on, so
-a test can read the HTTP status of each response the audio element received.
+``player_chromium`` is the contract's headless Chromium with Chrome's performance log switched on,
+so a test can read the HTTP status of each response the audio element received.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from recorderd.cli import main
 from recorderd.config import load
 from storage.audit import AuditEntry, entries
 from tests.gen.callgen import CallPlan, write_capture
-from tests.webadmin.conftest import AGENT_EXTENSIONS, _set_setting, client_login, csrf_of, make_user
+from tests.webadmin.conftest import AGENT_EXTENSIONS, _set_setting, chromium, client_login, csrf_of, make_user
 from webadmin.app import create_app
 from webadmin.authz import ConsoleUser
 from webadmin.context import ConsoleContext
@@ -135,27 +134,11 @@ def audit_of(ctx: ConsoleContext, **filters: Any) -> list[AuditEntry]:
 # the browser, with the network visible
 
 
-@contextmanager
-def chromium(profile: Path) -> Iterator[Any]:
-    """Headless Chromium as in the contract (conftest's ``browser``), plus the performance log."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--ignore-certificate-errors", "--window-size=1280,1000",
-                 "--autoplay-policy=no-user-gesture-required", "--mute-audio", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+def player_chromium(profile: Path) -> AbstractContextManager[Any]:
+    """Headless Chromium as in the contract (conftest's ``chromium``) that plays audio without a
+    gesture (muted), plus the performance log."""
+    return chromium(profile, window_size="1280,1000", performance_log=True,
+                    extra_flags=("--autoplay-policy=no-user-gesture-required", "--mute-audio"))
 
 
 def responses(driver: Any, url_part: str) -> list[dict[str, Any]]:

@@ -7,25 +7,19 @@ scores an assigned call through the form. Screenshots are kept as test artefacts
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.webadmin.conftest import (
-    PASSWORD,
-    ROOT,
-    current_code,
-    free_port,
-    make_user,
-    screenshot,
-    wait_for_https,
+from tests.webadmin.conftest import browser_login, make_user, screenshot, wait_for_js, web_server
+from tests.webadmin.recordings_helpers import (
+    SmallAppliance,
+    audit_of,
+    player_chromium,
+    responses,
+    small_appliance,
 )
-from tests.webadmin.recordings_helpers import SmallAppliance, audit_of, chromium, responses, small_appliance
 
 CALL_S = 90.0
 NUMBER = "+493077788899"
@@ -40,34 +34,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallAppliance]:
 
 @pytest.fixture(scope="module")
 def server(box: SmallAppliance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("web-log") / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "recorderd", "--config", str(box.config_path), "web",
-                                    "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        wait_for_https(f"https://127.0.0.1:{port}", process, 30.0)
-        yield f"https://127.0.0.1:{port}"
-    except AssertionError:
-        raise AssertionError(log.read_text()[-3000:]) from None
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def wait_for(driver: Any, script: str, timeout_s: float = 15.0) -> Any:
-    """Poll a JavaScript expression until it is truthy; its value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for: {script}"
-        time.sleep(0.1)
+    with web_server(box.config_path, tmp_path_factory.mktemp("web-log"), 30.0) as url:
+        yield url
 
 
 def test_search_open_reason_play_and_seek(box: SmallAppliance, server: str, tmp_path: Path) -> None:
@@ -75,32 +43,25 @@ def test_search_open_reason_play_and_seek(box: SmallAppliance, server: str, tmp_
     from selenium.webdriver.common.by import By
 
     username, _secret = make_user(box.ctx, "auditor", totp=True)
-    with chromium(tmp_path / "profile") as driver:
-        driver.get(f"{server}/login")
-        driver.find_element(By.ID, "username").send_keys(username)
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        driver.find_element(By.ID, "login-submit").click()
-        wait_for(driver, "document.getElementById('code')")
-        driver.find_element(By.ID, "code").send_keys(current_code(box.ctx, username))
-        driver.find_element(By.ID, "code-submit").click()
-        wait_for(driver, "!location.pathname.startsWith('/login')")
+    with player_chromium(tmp_path / "profile") as driver:
+        browser_login(driver, server, box.ctx, username)
 
         driver.get(f"{server}/recordings")
         driver.find_element(By.ID, "q").send_keys("7788")
         driver.find_element(By.ID, "search-button").click()
-        wait_for(driver, "document.getElementById('results')")
+        wait_for_js(driver, "document.getElementById('results')")
         rows = driver.find_elements(By.CSS_SELECTOR, "tr.result")
         assert [r.get_attribute("data-recording-id") for r in rows] == [box.recording_ids[1]]
         assert NUMBER in rows[0].text
         screenshot(driver, "player-1-search")
 
         rows[0].find_element(By.CSS_SELECTOR, "a.open-recording").click()
-        reason = wait_for(driver, "document.getElementById('reason')")
+        reason = wait_for_js(driver, "document.getElementById('reason')")
         reason.send_keys("dispute 815: customer says the rate was agreed on the phone")
         driver.find_element(By.ID, "reason-submit").click()
-        wait_for(driver, "document.getElementById('audio') && document.getElementById('waveform')")
-        points = wait_for(driver, "document.getElementById('waveform').dataset.drawn === '1' && "
-                                  "document.getElementById('waveform').dataset.points")
+        wait_for_js(driver, "document.getElementById('audio') && document.getElementById('waveform')")
+        points = wait_for_js(driver, "document.getElementById('waveform').dataset.drawn === '1' && "
+                                     "document.getElementById('waveform').dataset.points")
         assert points == "1000"
         # the canvas really has ink in both lanes (caller above, callee below)
         ink = driver.execute_script("""
@@ -111,17 +72,17 @@ def test_search_open_reason_play_and_seek(box: SmallAppliance, server: str, tmp_
         assert ink[0] > 5000 and ink[1] > 5000, ink
 
         driver.find_element(By.ID, "play-button").click()
-        wait_for(driver, "document.getElementById('audio').currentTime > 0.5", 20.0)
+        wait_for_js(driver, "document.getElementById('audio').currentTime > 0.5", 20.0)
         duration = driver.execute_script("return document.getElementById('audio').duration")
         assert abs(duration - CALL_S) < 0.5, duration          # the WAV header's length
         assert driver.execute_script("return document.getElementById('audio').currentTime") < 0.5 * CALL_S
         canvas = driver.find_element(By.ID, "waveform")
         width = canvas.size["width"]
         ActionChains(driver).move_to_element_with_offset(canvas, int(width * 0.75) - width // 2, 0).click().perform()
-        jumped = wait_for(driver, f"document.getElementById('audio').currentTime > {CALL_S * 0.72} && "
-                                  f"document.getElementById('audio').currentTime", 15.0)
+        jumped = wait_for_js(driver, f"document.getElementById('audio').currentTime > {CALL_S * 0.72} && "
+                                     f"document.getElementById('audio').currentTime", 15.0)
         assert jumped < CALL_S * 0.8
-        wait_for(driver, f"document.getElementById('audio').currentTime > {jumped + 0.3}", 15.0)   # still playing
+        wait_for_js(driver, f"document.getElementById('audio').currentTime > {jumped + 0.3}", 15.0)   # still playing
         screenshot(driver, "player-2-playing-after-seek")
 
         audio = responses(driver, "/audio?grant=")
@@ -141,18 +102,6 @@ def test_search_open_reason_play_and_seek(box: SmallAppliance, server: str, tmp_
     assert audit_of(box.ctx, actor=username, action="recording.view")
 
 
-def browser_login(driver: Any, server: str, username: str) -> None:
-    """Log in through the pages (no second factor: agent and qa accounts here have none)."""
-    from selenium.webdriver.common.by import By
-
-    driver.delete_all_cookies()
-    driver.get(f"{server}/login")
-    driver.find_element(By.ID, "username").send_keys(username)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login-submit").click()
-    wait_for(driver, "!location.pathname.startsWith('/login')")
-
-
 def test_agent_sees_own_calls_masked_and_qa_scores(box: SmallAppliance, server: str, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -162,8 +111,8 @@ def test_agent_sees_own_calls_masked_and_qa_scores(box: SmallAppliance, server: 
     agent, _ = make_user(box.ctx, "agent", "agent-7001")
     reviewer, _ = make_user(box.ctx, "qa")
     assignment = ReviewStore(box.ctx.catalog).assign(box.recording_ids[0], reviewer, "browser-test")
-    with chromium(tmp_path / "profile") as driver:
-        browser_login(driver, server, agent)
+    with player_chromium(tmp_path / "profile") as driver:
+        browser_login(driver, server, box.ctx, agent)
         driver.get(f"{server}/recordings")
         rows = driver.find_elements(By.CSS_SELECTOR, "tr.result")
         assert [r.get_attribute("data-recording-id") for r in rows] == [box.recording_ids[1]]
@@ -171,15 +120,15 @@ def test_agent_sees_own_calls_masked_and_qa_scores(box: SmallAppliance, server: 
         assert caller == mask_number(NUMBER) and "*" in caller
         screenshot(driver, "player-3-agent-masked")
 
-        browser_login(driver, server, reviewer)
+        browser_login(driver, server, box.ctx, reviewer)
         driver.get(f"{server}/review")
         driver.find_element(By.CSS_SELECTOR, f'tr[data-assignment-id="{assignment.id}"] a.open-assignment').click()
-        wait_for(driver, "document.getElementById('score-form')")
+        wait_for_js(driver, "document.getElementById('score-form')")
         for name, points in (("compliance", 28), ("communication", 25), ("resolution", 18), ("experience", 17)):
             driver.find_element(By.NAME, f"points.{name}").send_keys(str(points))
         driver.find_element(By.ID, "comment").send_keys("clear and polite")
         driver.find_element(By.ID, "score-submit").click()
-        wait_for(driver, "document.getElementById('given-score')")
+        wait_for_js(driver, "document.getElementById('given-score')")
         assert driver.find_element(By.ID, "assignment-state").text == "scored"
         assert driver.find_element(By.CSS_SELECTOR, "#given-score .total").text == "88"
         screenshot(driver, "player-4-qa-scored")
