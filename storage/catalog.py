@@ -78,6 +78,9 @@ from storage.migrations import (
     AGENT_MARKER_BASE,
     AGENT_MARKER_END,
     AGENT_MARKER_SPAN,
+    CJK_BIGRAM_PAD,
+    CJK_FIRST,
+    CJK_LAST,
     MIGRATIONS,
     NUMBER_GRAM_SIZES,
     CatalogError,
@@ -622,6 +625,11 @@ def _fts_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def is_cjk_pair(text: str) -> bool:
+    """Two CJK ideographs: searched through the transcript's pair tokens."""
+    return len(text) == 2 and all(CJK_FIRST <= ord(ch) <= CJK_LAST for ch in text)
+
+
 def agent_marker(n: int) -> str:
     """The three-character token of agent number `n` in the search index (storage/migrations.py,
     agent_marker_sql: the same formula in SQL)."""
@@ -698,6 +706,9 @@ class _Plan:
                          digits, digits)
         elif len(text) >= TRIGRAM:
             self.add_match("search_fts", f"{column} : {_fts_phrase(text)}" if column else _fts_phrase(text))
+        elif column is None and is_cjk_pair(text):
+            # a two-character Chinese word: its pair token in the transcript (migration 10)
+            self.add_match("search_fts", f"transcript : {_fts_phrase(text + chr(CJK_BIGRAM_PAD))}")
         else:
             pattern = _like_pattern(text)
             self.add("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _PARTY_COLUMNS) + ")",

@@ -862,6 +862,33 @@ CREATE TABLE capture_minutes (
 ) WITHOUT ROWID;
 """
 
+# Chinese words are mostly two characters (保本, 稳赚), below the trigram tokenizer's three: the
+# transcript document also lists every pair of adjacent CJK ideographs followed by a pad
+# character (U+F8FE, private use, outside the agent markers' range), so that the pair is one
+# trigram token and a two-character query is one exact lookup (storage/catalog.py).
+CJK_FIRST, CJK_LAST = 0x3400, 0x9FFF       # CJK Unified Ideographs and Extension A
+CJK_BIGRAM_PAD = 0xF8FE
+
+
+def cjk_bigrams_sql(text: str) -> str:
+    """SQL: the adjacent CJK pairs of the SQL text expression `text`, each followed by the pad."""
+    return f"""(WITH RECURSIVE d(t) AS (SELECT {text}),
+        k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k, d WHERE i < length(d.t) - 1)
+        SELECT group_concat(substr(d.t, i, 2) || char({CJK_BIGRAM_PAD}), ' ') FROM k, d
+        WHERE unicode(substr(d.t, i, 1)) BETWEEN {CJK_FIRST} AND {CJK_LAST}
+          AND unicode(substr(d.t, i + 1, 1)) BETWEEN {CJK_FIRST} AND {CJK_LAST})"""  # nosec B608  # schema DDL from code constants
+
+
+_TRANSCRIPT_WITH_PAIRS = f"nullif(concat_ws(' ', {_ANALYSIS_TRANSCRIPT}, {cjk_bigrams_sql(_ANALYSIS_TRANSCRIPT)}), '')"
+
+_V10_CJK_PAIRS = f"""
+DROP VIEW search_docs;
+{search_docs_view(_PARTIES_WITH_AGENT, _TRANSCRIPT_WITH_PAIRS)}
+INSERT INTO search_fts (search_fts) VALUES ('delete-all');
+INSERT INTO search_fts (rowid, parties, tags, notes, transcript)
+SELECT id, parties, tags, notes, transcript FROM search_docs;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings, children, not_recorded, search index", _V1_RECORDINGS + _V1_SEARCH),
     Migration(2, "audit log and signed checkpoints", _V2_AUDIT),
@@ -872,6 +899,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "transcripts and analytics", _V7_ANALYSIS),
     Migration(8, "agent markers in the search index", _V8_AGENT_MARKERS),
     Migration(9, "capture counters per minute", _V9_CAPTURE_MINUTES),
+    Migration(10, "two-character Chinese words in the transcript index", _V10_CJK_PAIRS),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

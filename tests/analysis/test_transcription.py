@@ -84,6 +84,7 @@ def test_speech_is_transcribed_per_channel_and_found_by_search(tmp_path: Path, t
     assert main(["--config", str(config), "analysis", "run", "--once"]) == 0
     zh_view = cli_json(config, capsys, "analysis", "show", zh_id)
     assert found(config, capsys, "请问您") == [zh_id], [s["text"] for s in zh_view["segments"]]
+    assert found(config, capsys, "请问") == [zh_id]       # a two-character word (migration 10)
     assert [(c["channel"], c["language"]) for c in zh_view["channels"] if c["language"]] == [(1, "zh")]
     assert all(s["channel"] == 1 for s in zh_view["segments"])      # the caller's silent leg has no text
     status = cli_json(config, capsys, "analysis", "status")
