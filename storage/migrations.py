@@ -887,7 +887,7 @@ DROP VIEW search_docs;
 INSERT INTO search_fts (search_fts) VALUES ('delete-all');
 INSERT INTO search_fts (rowid, parties, tags, notes, transcript)
 SELECT id, parties, tags, notes, transcript FROM search_docs;
-"""
+"""  # nosec B608  # schema DDL from code constants, run once by its migration; no runtime input
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings, children, not_recorded, search index", _V1_RECORDINGS + _V1_SEARCH),
