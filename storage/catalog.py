@@ -1072,9 +1072,6 @@ class Catalog:
         """This thread's own read-only connection, opened once and kept until :meth:`close`
         (servers with a pool of request threads: no connection set-up per request). The
         caller must not close it."""
-        return self._thread_reader()
-
-    def _thread_reader(self) -> CatalogReader:
         reader: CatalogReader | None = getattr(self._local, "reader", None)
         if reader is None:
             reader = self.reader()
@@ -1366,25 +1363,25 @@ class Catalog:
     # -- reads (one reader per calling thread)
 
     def get(self, recording_id: str) -> RecordingDetail | None:
-        return self._thread_reader().get(recording_id)
+        return self.thread_reader().get(recording_id)
 
     def get_key(self, recording_id: str) -> WrappedKey | None:
-        return self._thread_reader().get_key(recording_id)
+        return self.thread_reader().get_key(recording_id)
 
     def search(self, query: str | None = None, **filters: Any) -> SearchResult:
-        return self._thread_reader().search(query, **filters)
+        return self.thread_reader().search(query, **filters)
 
     def active_recordings(self) -> list[RecordingRow]:
-        return self._thread_reader().active_recordings()
+        return self.thread_reader().active_recordings()
 
     def iter_wrapped_keys(self, kek_id: str, *, batch: int = 500) -> Iterator[WrappedKey]:
-        return self._thread_reader().iter_wrapped_keys(kek_id, batch=batch)
+        return self.thread_reader().iter_wrapped_keys(kek_id, batch=batch)
 
     def key_counts(self) -> dict[str, int]:
-        return self._thread_reader().key_counts()
+        return self.thread_reader().key_counts()
 
     def integrity_check(self) -> str:
-        return self._thread_reader().integrity_check()
+        return self.thread_reader().integrity_check()
 
 
 # ---------------------------------------------------------------------------------------------

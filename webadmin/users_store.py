@@ -97,9 +97,8 @@ class Session:
 
 
 def _read(source: Source, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    if isinstance(source, Catalog):
-        with source.reader() as reader:
-            return list(reader.conn.execute(sql, params))
+    if isinstance(source, Catalog):   # every request looks its session up: no connection per read
+        return list(source.thread_reader().conn.execute(sql, params))
     conn = source.conn if isinstance(source, CatalogReader) else source
     return list(conn.execute(sql, params))
 
