@@ -28,7 +28,7 @@ from capture.fanout import take_frames
 from capture.mediabatch import BatchPackets, MediaBatchProcessor, PayloadOf, StreamWork
 from capture.netdecode import PacketDecoder
 from capture.packets import KIND_MESSAGE, KIND_RTP, KIND_TCP, PacketArrays, decode_batch
-from capture.pcapio import FrameBatch
+from capture.pcapio import FrameBatch, split_by_time
 from capture.recording import call_identity, recording_metadata
 from capture.rtp import parse_rtp_headers
 from capture.sip import SipMessage, looks_like_sip, parse_sip
@@ -126,7 +126,18 @@ class CaptureEngine:
 
     def feed(self, batch: FrameBatch, forwardable: np.ndarray | None = None) -> None:
         """Decode and record one batch.  With a router, `forwardable` flags the frames that
-        only this worker has (None: all), which it may forward to the call's owner."""
+        only this worker has (None: all), which it may forward to the call's owner.
+
+        A batch is taken in pieces of at most MAX_BATCH_SPAN_S of capture time: the timelines
+        refuse writes far ahead of what they flushed (capture/timeline.py MAX_SPAN_S), so the
+        housekeeping between pieces must see time advance, however the caller cut its input."""
+        first = 0
+        for part in split_by_time(batch):
+            flags = None if forwardable is None else forwardable[first:first + len(part)]
+            first += len(part)
+            self._feed_piece(part, flags)
+
+    def _feed_piece(self, batch: FrameBatch, forwardable: np.ndarray | None) -> None:
         if not len(batch):
             return
         arrays = decode_batch(batch, self.decoder, self.tracker.expectations.addresses, self.errors)

@@ -108,7 +108,7 @@ class FrameBatch:
 
 # The engine holds a call's audio in memory only for the jitter window and refuses writes
 # far ahead of what it flushed (capture/timeline.py MAX_SPAN_S): it must see capture time
-# advance in steps. A batch never spans more than this much capture time.
+# advance in steps. CaptureEngine.feed takes a batch in pieces of at most this much.
 MAX_BATCH_SPAN_S = 5.0
 
 
@@ -583,8 +583,7 @@ class CaptureReader:
         raise ParseError("capture.unknown_format", f"{self.path}: magic {magic.hex()}")
 
     def batches(self) -> Iterator[FrameBatch]:
-        """Yield the file's frames batch by batch (per read chunk and link type, and at most
-        MAX_BATCH_SPAN_S of capture time each)."""
+        """Yield the file's frames batch by batch (one batch per read chunk and link type)."""
         parser = _PcapParser(self.errors) if self.format == "pcap" else _PcapngParser(self.errors)
         self.packets = 0
         self.bytes_read = 0
@@ -598,7 +597,7 @@ class CaptureReader:
                 result = parser.parse(buf, final)
                 for batch in result.batches:
                     self.packets += len(batch)
-                    yield from split_by_time(batch)
+                    yield batch
                 if final or result.stop:
                     return
                 pending = buf[result.consumed :]

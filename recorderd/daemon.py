@@ -32,7 +32,7 @@ from typing import Any
 from capture.afpacket import LiveCapture, RingSettings
 from capture.bpf import DEFAULT_FILTER, Instruction, compile_filter
 from capture.engine import CaptureEngine
-from capture.pcapio import MAX_BATCH_SPAN_S, FrameBatch, merge_batches
+from capture.pcapio import FrameBatch, merge_batches
 from recorderd.appliance import Appliance, open_appliance
 from recorderd.capturestats import CaptureMinutes, MinuteRow
 from recorderd.config import ConfigError, engine_settings, load
@@ -269,8 +269,7 @@ class Daemon:
                 nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if nxt.linktype != batch.linktype or len(nxt) and float(nxt.ts[-1] - batch.ts[0]) > MAX_BATCH_SPAN_S:
-                # another link type, or more capture time than the engine takes at once
+            if nxt.linktype != batch.linktype:
                 self.engine.feed(merge_batches(merged))
                 merged, size, batch = [nxt], len(nxt.buf), nxt
                 continue

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from capture.engine import CaptureEngine
-from capture.pcapio import CaptureReader
+from capture.pcapio import CaptureReader, split_by_time
 from capture.wavsink import WavDirectorySink
 from tests.gen.callgen import CallPlan, write_capture
 
@@ -22,7 +22,8 @@ def test_drops_mark_the_calls_active_at_the_time(tmp_path: Path) -> None:
     sink = WavDirectorySink(tmp_path / "out")
     engine = CaptureEngine(sink)
     told = False
-    for batch in CaptureReader(capture).batches():
+    pieces = [piece for batch in CaptureReader(capture).batches() for piece in split_by_time(batch, 1.0)]
+    for batch in pieces:                          # a second of capture at a time, as live
         engine.feed(batch)
         if not told and engine.media and engine.now > T0 + 1.5:
             engine.note_kernel_drops(7)          # while only the first call is being recorded
