@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from pypinyin import Style, lazy_pinyin
 
 from analysis.rules import PhraseRule
 
@@ -103,6 +102,8 @@ def normalise(text: str) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _pinyin_run(run: str) -> tuple[str, ...]:
+    from pypinyin import Style, lazy_pinyin  # ~0.2 s to load its dictionaries: only when Han text is matched
+
     syllables = lazy_pinyin(run, style=Style.NORMAL)
     if len(syllables) != len(run):   # pypinyin keeps one item per Han character; be safe
         return tuple(lazy_pinyin(char, style=Style.NORMAL)[0] for char in run)

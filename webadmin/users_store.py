@@ -17,6 +17,7 @@ Writes go through the catalog's writer thread (``Catalog.writer.call``); reads t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -45,8 +46,14 @@ Source = Catalog | CatalogReader | apsw.Connection
 T = TypeVar("T")
 
 _HASHER = PasswordHasher()   # argon2id with RFC 9106's second recommended parameter set
-# verified against when a username is unknown, so that the answer takes as long either way
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when a username is unknown, so that the answer takes as long either
+    way; made on first use, not at import (an argon2id hash is ~0.1 s of every command's start-up)."""
+    return _HASHER.hash(secrets.token_hex(16))
+
 
 USER_COLUMNS = ("username", "role", "agent_id", "password_hash", "totp_secret", "totp_last_step",
                 "disabled", "failed_logins", "locked_until", "created_at", "updated_at", "last_login_at")
@@ -150,7 +157,7 @@ def needs_rehash(password_hash: str) -> bool:
 def password_matches(user: User | None, password: str) -> bool:
     """Constant-ish time whether or not the user exists."""
     try:
-        return _HASHER.verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
+        return _HASHER.verify(user.password_hash if user else _dummy_hash(), password) and user is not None
     except (VerificationError, InvalidHashError):
         return False
 

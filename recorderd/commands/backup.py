@@ -38,7 +38,6 @@ from retention.backup.runner import (
     live_key,
     staging_dir,
 )
-from retention.backup.sftp import server_host_key
 from retention.backup.targets import (
     HOST_KEY_TYPES,
     Settings,
@@ -318,6 +317,7 @@ def cmd_target_test(args: argparse.Namespace) -> int:
 def cmd_target_scan(args: argparse.Namespace) -> int:
     with appliance_from(args, recover=False) as app:
         try:
+            from retention.backup.sftp import server_host_key  # paramiko: only when asked
             key_type, fingerprint = server_host_key(args.host, args.port, args.host_key_type,
                                                     app.config["backup"]["timeout_s"])
         except RemoteError as err:
