@@ -315,6 +315,7 @@ class CaptureEngine:
             src, dst = arrays.endpoints(first)
             stream = MediaStream(claim.channel, ssrc, f"{src[0]}:{src[1]}", f"{dst[0]}:{dst[1]}",
                                  reanchor_s=self.settings.reanchor_s)
+            stream.t0 = media.timeline.t0
             media.streams[(claim.channel, ssrc)] = stream
         self.tracker.on_media(call, self.now)
         silenced, payload_of = self._secure_payloads(call, media, claim, batch, packet_offset, packet_length)

@@ -7,8 +7,9 @@ the replay time. Here the packets of every stream are laid out one stream after 
 (sorted by stream, then arrival) and each step runs over the whole array, with the usual
 segmented tricks: a running maximum or minimum that restarts at each stream by adding a
 per-stream offset, cumulative sums minus the sum before the stream's start, bincount and
-reduceat for per-stream totals. Per-stream state lives in the MediaStream objects and is
-gathered into arrays before and scattered back after.
+reduceat for per-stream totals. Per-stream state lives in the columns of a StreamTable
+(capture.streamstate), one row per live stream: a batch gathers its streams' rows with one
+fancy index and scatters the results back with another, without a Python pass per field.
 
 What stays per packet in Python: codecs other than G.711 (their FFmpeg decoders are
 stateful), SRTP decryption, RFC 4733 events, loss gaps (rare) and streams that must
@@ -33,6 +34,7 @@ from capture.codecs import (
 from capture.errors import ParseError
 from capture.rtp import parse_telephone_event
 from capture.streams import CallAudio, DtmfDigit, Gap, MediaStream
+from capture.streamstate import PAYLOAD_TYPES, RING, UNSET, StreamTable
 
 G711_TABLES = np.stack([ULAW_TO_PCM16, ALAW_TO_PCM16])     # row 0 µ-law, row 1 A-law
 G711_ROW = {"pcmu": 0, "pcma": 1}
@@ -175,10 +177,11 @@ def _classify(batch: BatchPackets, work: list[StreamWork]) -> tuple[np.ndarray, 
     return kinds[spec_index], spec_index, specs
 
 
-def _clocks(work: list[StreamWork], spec_index: np.ndarray, specs: list[CodecSpec | None],
+def _clocks(work: list[StreamWork], known: np.ndarray, spec_index: np.ndarray, specs: list[CodecSpec | None],
             starts: np.ndarray, stream: np.ndarray) -> np.ndarray:
-    """The RTP clock of every stream: fixed at its first packet with a known codec."""
-    clock = np.array([w.stream.clock for w in work], np.float64)
+    """The RTP clock of every stream (`known`: the table's, 0 for a new stream): fixed at its
+    first packet with a known codec."""
+    clock = known.astype(np.float64)
     for s in np.flatnonzero(clock == 0).tolist():
         end = starts[s + 1] if s + 1 < len(starts) else len(stream)
         for j in spec_index[starts[s]:end].tolist():
@@ -191,29 +194,56 @@ def _clocks(work: list[StreamWork], spec_index: np.ndarray, specs: list[CodecSpe
     return clock
 
 
-class MediaBatchProcessor:
-    """Keeps the duplicate rings of all live streams in one pool array."""
+class RowScatter:
+    """Writes per-work-item results into the stream table's rows.
 
-    RING = 512
+    A batch may list one stream twice (two expectations of one call and channel, e.g. around a
+    re-INVITE that moved the media): then the work item listed last wins an assignment and
+    additions accumulate, as they did when each item updated its stream object in turn."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.repeats = len(rows) > 1 and len(np.unique(rows)) != len(rows)
+
+    def assign(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
+        rows = self.rows if items is None else self.rows[items]
+        if self.repeats:   # numpy does not promise which of repeated indices is written last
+            last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
+            rows, values = rows[last], values[last]
+        column[rows] = values
+
+    def assign_first(self, column: np.ndarray, values: np.ndarray, items: np.ndarray) -> None:
+        """The first work item wins (a value set once, e.g. a stream's first arrival)."""
+        rows = self.rows[items]
+        if self.repeats:
+            firsts = np.unique(rows, return_index=True)[1]
+            rows, values = rows[firsts], values[firsts]
+        column[rows] = values
+
+    def add(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
+        rows = self.rows if items is None else self.rows[items]
+        if self.repeats:
+            np.add.at(column, rows, values)
+        else:
+            column[rows] += values
+
+    def maximum(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
+        rows = self.rows if items is None else self.rows[items]
+        if self.repeats:
+            np.maximum.at(column, rows, values)
+        else:
+            column[rows] = np.maximum(column[rows], values)
+
+
+class MediaBatchProcessor:
+    """Owns the stream table: the state of every live stream (capture.streamstate)."""
 
     def __init__(self, reanchor_s: float) -> None:
         self.reanchor_s = reanchor_s
-        self.ring = np.full((64, self.RING), -1, np.int64)
-        self.free_rows: list[int] = list(range(63, -1, -1))
-
-    def ring_row(self) -> int:
-        if not self.free_rows:
-            grown = np.full((2 * len(self.ring), self.RING), -1, np.int64)
-            grown[: len(self.ring)] = self.ring
-            self.free_rows = list(range(len(grown) - 1, len(self.ring) - 1, -1))
-            self.ring = grown
-        return self.free_rows.pop()
+        self.table = StreamTable()
 
     def release(self, stream: MediaStream) -> None:
-        if stream.ring_row >= 0:
-            self.ring[stream.ring_row] = -1
-            self.free_rows.append(stream.ring_row)
-            stream.ring_row = -1
+        stream.detach()
 
     # -- the pass --------------------------------------------------------------------------------
 
@@ -222,38 +252,36 @@ class MediaBatchProcessor:
         errors: dict[str, int] = {}
         count = len(work)
         streams = [w.stream for w in work]
-        for stream in streams:
-            if stream.ring_row < 0:
-                stream.ring_row = self.ring_row()
+        table = self.table
+        rows = np.array([s.attach(table) for s in streams], np.int64)
+        scatter = RowScatter(rows)
+        col = table.columns
         sid = batch.stream
         starts, first = _segment_starts(sid, count)
-        known_seq = np.array([s.last_seq is not None for s in streams])
-        last_seq = np.array([s.last_seq or 0 for s in streams], np.int64)
-        last_ts = np.array([s.last_ts or 0 for s in streams], np.int64)
+        seen_last = col["last_seq"][rows]
+        known_seq = seen_last != UNSET
+        last_seq = np.where(known_seq, seen_last, 0)
+        last_ts = np.where(known_seq, col["last_ts"][rows], 0)
         ext_seq = _unwrap(batch.seq, sid, first, starts, last_seq, known_seq, 16)
         ext_ts = _unwrap(batch.timestamp, sid, first, starts, last_ts, known_seq, 32)
         ends = np.append(starts[1:], len(sid)) - 1
-        fresh, in_order = self._duplicates_and_order(streams, sid, first, starts, ext_seq)
-        self._totals(streams, sid, fresh, in_order, ext_seq, ends, starts)
+        fresh, in_order = self._duplicates_and_order(rows, sid, first, starts, ext_seq)
+        self._totals(col, scatter, sid, fresh, in_order, ext_seq, starts)
         kind, spec_index, specs = _classify(batch, work)
-        clock = _clocks(work, spec_index, specs, starts, sid)
-        t0 = np.array([w.audio.timeline.t0 for w in work])
-        positions = self._positions(streams, batch, sid, first, starts, ends, ext_ts, in_order, clock, t0)
-        self._jitter(streams, batch.arrival, ext_ts, in_order, sid, clock, count)
-        self._gaps(streams, sid, ext_seq, ext_ts, positions, in_order, clock, starts)
-        for s, stream in enumerate(streams):
-            stream.last_seq = int(ext_seq[ends[s]])
-            stream.last_ts = int(ext_ts[ends[s]])
-            stream.last_arrival = max(stream.last_arrival, float(batch.arrival[ends[s]]))
-            if not stream.first_arrival:
-                stream.first_arrival = float(batch.arrival[starts[s]])
-        self._payload_type_counts(streams, sid, batch.payload_type)
-        self._extend_ends(work, streams, sid, fresh, positions, starts)
+        clock = _clocks(work, col["clock"][rows], spec_index, specs, starts, sid)
+        positions = self._positions(streams, col, scatter, batch, sid, starts, ends, ext_ts, in_order, clock)
+        self._jitter(col, scatter, batch.arrival, ext_ts, in_order, sid, clock, count)
+        self._gaps(streams, col, scatter, sid, ext_seq, ext_ts, positions, in_order, clock)
+        scatter.assign(col["last_seq"], ext_seq[ends])
+        scatter.assign(col["last_ts"], ext_ts[ends])
+        scatter.maximum(col["last_arrival"], batch.arrival[ends])
+        unset = np.flatnonzero(col["first_arrival"][rows] == 0.0)
+        scatter.assign_first(col["first_arrival"], batch.arrival[starts[unset]], unset)
+        self._payload_type_counts(table.payload_types, scatter, sid, batch.payload_type)
+        self._extend_ends(work, col["frame_ticks"][rows], clock, sid, fresh, positions, starts)
         undecodable = fresh & ((kind == UNKNOWN) | (kind == UNDECODABLE))
         if undecodable.any():
-            per_stream = np.bincount(sid[undecodable], minlength=count)
-            for k in np.flatnonzero(per_stream).tolist():
-                streams[k].undecodable += int(per_stream[k])
+            scatter.add(col["undecodable"], np.bincount(sid[undecodable], minlength=count))
             unknown = int(np.count_nonzero(fresh & (kind == UNKNOWN)))
             if unknown:
                 errors["rtp.unknown_payload_type"] = unknown
@@ -263,12 +291,13 @@ class MediaBatchProcessor:
         self._decode_other(work, batch, fresh & (kind == OTHER_AUDIO), sid, spec_index, specs, positions, errors)
         return errors
 
-    def _duplicates_and_order(self, streams: list[MediaStream], sid: np.ndarray, first: np.ndarray,
+    def _duplicates_and_order(self, rows: np.ndarray, sid: np.ndarray, first: np.ndarray,
                               starts: np.ndarray, ext_seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(sid)
-        rows = np.array([s.ring_row for s in streams], np.int64)[sid]
-        slot = ext_seq % self.RING
-        seen_before = self.ring[rows, slot] == ext_seq
+        ring = self.table.ring
+        packet_rows = rows[sid]
+        slot = ext_seq % RING
+        seen_before = ring[packet_rows, slot] == ext_seq
         # first arrival of each (stream, seq) within the batch: stable sort by (stream, seq)
         order = np.lexsort((ext_seq, sid))
         same = np.zeros(n, bool)
@@ -276,9 +305,10 @@ class MediaBatchProcessor:
         repeat = np.zeros(n, bool)
         repeat[order] = same
         fresh = ~repeat & ~seen_before
-        self.ring[rows[fresh], slot[fresh]] = ext_seq[fresh]
+        ring[packet_rows[fresh], slot[fresh]] = ext_seq[fresh]
         # in order: above every sequence number of the stream that came before it
-        prior = np.array([s.max_seq if s.max_seq is not None else -(1 << 40) for s in streams], np.int64)
+        highest = self.table.columns["max_seq"][rows]
+        prior = np.where(highest == UNSET, -(1 << 40), highest)
         shifted = ext_seq + sid * SEGMENT_OFFSET
         running = np.maximum.accumulate(shifted) - sid * SEGMENT_OFFSET
         before = np.empty(n, np.int64)
@@ -288,35 +318,42 @@ class MediaBatchProcessor:
         return fresh, fresh & (ext_seq > before)
 
     @staticmethod
-    def _totals(streams: list[MediaStream], sid: np.ndarray, fresh: np.ndarray, in_order: np.ndarray,
-                ext_seq: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> None:
-        count = len(streams)
+    def _totals(col: dict[str, np.ndarray], scatter: RowScatter, sid: np.ndarray, fresh: np.ndarray,
+                in_order: np.ndarray, ext_seq: np.ndarray, starts: np.ndarray) -> None:
+        count = len(scatter.rows)
         packets = np.bincount(sid, minlength=count)
-        unique = np.bincount(sid, weights=fresh, minlength=count)
-        late = np.bincount(sid, weights=fresh & ~in_order, minlength=count)
+        unique = np.bincount(sid, weights=fresh, minlength=count).astype(np.int64)
+        late = np.bincount(sid, weights=fresh & ~in_order, minlength=count).astype(np.int64)
+        scatter.add(col["packets"], packets)
+        scatter.add(col["unique"], unique)
+        scatter.add(col["duplicates"], packets - unique)
+        scatter.add(col["out_of_order"], late)
         big = np.where(fresh, ext_seq, np.iinfo(np.int64).max)
         low = np.minimum.reduceat(big, starts)
-        for s, stream in enumerate(streams):
-            stream.packets += int(packets[s])
-            stream.unique += int(unique[s])
-            stream.duplicates += int(packets[s] - unique[s])
-            stream.out_of_order += int(late[s])
-            if unique[s]:
-                lowest = int(low[s])
-                stream.first_seq = lowest if stream.first_seq is None else min(stream.first_seq, lowest)
+        items = np.flatnonzero(unique)
+        column = col["first_seq"]
+        if scatter.repeats:   # one item after the other, each keeping the smaller
+            for i in items.tolist():
+                row, candidate = int(scatter.rows[i]), int(low[i])
+                column[row] = candidate if column[row] == UNSET else min(int(column[row]), candidate)
+            return
+        known = column[scatter.rows[items]]
+        column[scatter.rows[items]] = np.where(known == UNSET, low[items], np.minimum(known, low[items]))
 
-    def _positions(self, streams: list[MediaStream], batch: BatchPackets, sid: np.ndarray, first: np.ndarray,
-                   starts: np.ndarray, ends: np.ndarray, ext_ts: np.ndarray, in_order: np.ndarray,
-                   clock: np.ndarray, t0: np.ndarray) -> np.ndarray:
+    def _positions(self, streams: list[MediaStream], col: dict[str, np.ndarray], scatter: RowScatter,
+                   batch: BatchPackets, sid: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                   ext_ts: np.ndarray, in_order: np.ndarray, clock: np.ndarray) -> np.ndarray:
         """Seconds from each call's sample 0, anchored as capture.streams explains."""
         arrival = batch.arrival
-        for s, stream in enumerate(streams):
-            if not stream.clock:
-                stream.clock = int(clock[s])
-                stream.anchor_arrival = float(arrival[starts[s]])
-                stream.anchor_ts = int(ext_ts[starts[s]])
-        anchor_arrival = np.array([s.anchor_arrival for s in streams])
-        anchor_ts = np.array([s.anchor_ts for s in streams], np.int64)
+        rows = scatter.rows
+        new = np.flatnonzero(col["clock"][rows] == 0)
+        if len(new):   # a stream's first batch: its clock, and its anchor on its first packet
+            scatter.assign_first(col["clock"], clock[new].astype(np.int64), new)
+            scatter.assign_first(col["anchor_arrival"], arrival[starts[new]], new)
+            scatter.assign_first(col["anchor_ts"], ext_ts[starts[new]], new)
+        anchor_arrival = col["anchor_arrival"][rows]
+        anchor_ts = col["anchor_ts"][rows]
+        t0 = col["t0"][rows]
         rel = (ext_ts - anchor_ts[sid]) / clock[sid]
         drift = arrival - (anchor_arrival[sid] + rel)
         bad = (np.abs(drift) > self.reanchor_s) & in_order
@@ -327,17 +364,16 @@ class MediaBatchProcessor:
         offset = (len(streams) - sid) * SEGMENT_OFFSET_S
         shift = np.minimum(np.minimum.accumulate(early + offset) - offset, 0.0)
         out = anchor_arrival[sid] + shift + rel - t0[sid]
-        for s, stream in enumerate(streams):
-            if slow[s]:  # re-anchoring: the careful per-stream walk
-                seg = slice(starts[s], ends[s] + 1)
-                out[seg] = stream.place(arrival[seg], ext_ts[seg], in_order[seg], float(t0[s]))
-            else:
-                stream.anchor_arrival += float(shift[ends[s]])
+        steady = np.flatnonzero(~slow)
+        scatter.add(col["anchor_arrival"], shift[ends[steady]], steady)
+        for s in np.flatnonzero(slow).tolist():   # re-anchoring: the careful per-stream walk
+            seg = slice(starts[s], ends[s] + 1)
+            out[seg] = streams[s].place(arrival[seg], ext_ts[seg], in_order[seg], float(t0[s]))
         return out
 
     @staticmethod
-    def _jitter(streams: list[MediaStream], arrival: np.ndarray, ext_ts: np.ndarray, in_order: np.ndarray,
-                sid: np.ndarray, clock: np.ndarray, count: int) -> None:
+    def _jitter(col: dict[str, np.ndarray], scatter: RowScatter, arrival: np.ndarray, ext_ts: np.ndarray,
+                in_order: np.ndarray, sid: np.ndarray, clock: np.ndarray, count: int) -> None:
         """RFC 3550 §6.4.1 interarrival jitter over in-order packets, one IIR filter for all
         streams: the filter runs across stream boundaries and each stream's part is then
         corrected by the decaying difference between its true start state and the filter's."""
@@ -351,7 +387,7 @@ class MediaBatchProcessor:
         prev = np.empty(len(idx))
         prev[1:] = transit[:-1]
         firsts = start_pos[has]
-        prev_state = np.array([s.jitter_transit if s.jitter_transit is not None else np.nan for s in streams])
+        prev_state = col["jitter_transit"][scatter.rows]
         prev[firsts] = np.where(np.isnan(prev_state[has]), transit[firsts], prev_state[has])
         d = np.abs(transit - prev)
         y = first_order_iir(d, JITTER_GAIN)
@@ -359,27 +395,28 @@ class MediaBatchProcessor:
         k = np.arange(len(idx)) - start_pos[s_of]
         y_before = np.zeros(count)
         y_before[has] = np.where(firsts > 0, y[np.maximum(firsts - 1, 0)], 0.0)
-        j0 = np.array([s.jitter_s for s in streams])
+        j0 = col["jitter_s"][scatter.rows]
         y = y + (1 - JITTER_GAIN) ** (k + 1) * (j0 - y_before)[s_of]
         peak = np.maximum.reduceat(y, firsts)
         last = np.append(firsts[1:], len(idx)) - 1
-        for n, s in enumerate(np.flatnonzero(has).tolist()):
-            stream = streams[s]
-            stream.jitter_s = float(y[last[n]])
-            stream.max_jitter_s = max(stream.max_jitter_s, float(peak[n]))
-            stream.jitter_transit = float(transit[last[n]])
+        items = np.flatnonzero(has)
+        scatter.assign(col["jitter_s"], y[last], items)
+        scatter.maximum(col["max_jitter_s"], peak, items)
+        scatter.assign(col["jitter_transit"], transit[last], items)
 
     @staticmethod
-    def _gaps(streams: list[MediaStream], sid: np.ndarray, ext_seq: np.ndarray, ext_ts: np.ndarray,
-              positions: np.ndarray, in_order: np.ndarray, clock: np.ndarray, starts: np.ndarray) -> None:
+    def _gaps(streams: list[MediaStream], col: dict[str, np.ndarray], scatter: RowScatter, sid: np.ndarray,
+              ext_seq: np.ndarray, ext_ts: np.ndarray, positions: np.ndarray, in_order: np.ndarray,
+              clock: np.ndarray) -> None:
         """Loss runs between consecutive in-order packets; ptime from steady steps."""
         idx = np.flatnonzero(in_order)
         if not len(idx):
             return
         s_of = sid[idx]
         seq, ts = ext_seq[idx], ext_ts[idx]
-        prior_seq = np.array([s.max_seq if s.max_seq is not None else -1 for s in streams], np.int64)
-        prior_ts = np.array([s.max_ts if s.max_ts is not None else 0 for s in streams], np.int64)
+        highest = col["max_seq"][scatter.rows]
+        prior_seq = np.where(highest == UNSET, -1, highest)
+        prior_ts = np.where(highest == UNSET, 0, col["max_ts"][scatter.rows])
         prev_seq = np.empty(len(idx), np.int64)
         prev_ts = np.empty(len(idx), np.int64)
         prev_seq[1:], prev_ts[1:] = seq[:-1], ts[:-1]
@@ -393,9 +430,7 @@ class MediaBatchProcessor:
             # the last steady step of each stream is its current packet interval
             owners = s_of[steady][::-1]
             found, where = np.unique(owners, return_index=True)
-            ticks = (ts - prev_ts)[steady][::-1][where]
-            for s, t in zip(found.tolist(), ticks.tolist(), strict=True):
-                streams[s].frame_ticks = int(t)
+            scatter.assign(col["frame_ticks"], (ts - prev_ts)[steady][::-1][where], found)
         for i in np.flatnonzero(dseq > 1).tolist():
             stream = streams[int(s_of[i])]
             if stream.frame_ticks <= 0:
@@ -405,27 +440,30 @@ class MediaBatchProcessor:
             if duration > GAP_REPORT_S:
                 stream.gaps.append(Gap(round(float(positions[idx[i]]) - duration, 3), round(duration, 3), missing))
         last = np.append(np.flatnonzero(first)[1:], len(idx)) - 1
-        for n in last.tolist():
-            stream = streams[int(s_of[n])]
-            stream.max_seq, stream.max_ts = int(seq[n]), int(ts[n])
+        scatter.assign(col["max_seq"], seq[last], s_of[last])
+        scatter.assign(col["max_ts"], ts[last], s_of[last])
 
     @staticmethod
-    def _extend_ends(work: list[StreamWork], streams: list[MediaStream], sid: np.ndarray, fresh: np.ndarray,
-                     positions: np.ndarray, starts: np.ndarray) -> None:
+    def _extend_ends(work: list[StreamWork], frame_ticks: np.ndarray, clock: np.ndarray, sid: np.ndarray,
+                     fresh: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> None:
         """Every fresh packet, audio or not, lasts on the timeline to its place + one packet
         interval; so a recording ends with its last media packet whatever the batch sizes."""
         latest = np.maximum.reduceat(np.where(fresh, positions, -np.inf), starts)
-        for s, stream in enumerate(streams):
-            if np.isfinite(latest[s]) and stream.clock:
-                tail = (stream.frame_ticks or stream.clock // 50) / stream.clock
-                timeline = work[s].audio.timeline
-                timeline.extend_end(int(round((float(latest[s]) + tail) * timeline.rate)))
+        tail = np.where(frame_ticks > 0, frame_ticks, clock // 50) / clock
+        until = latest + tail
+        for s in np.flatnonzero(np.isfinite(latest)).tolist():
+            timeline = work[s].audio.timeline
+            timeline.extend_end(int(round(float(until[s]) * timeline.rate)))
 
     @staticmethod
-    def _payload_type_counts(streams: list[MediaStream], sid: np.ndarray, pt: np.ndarray) -> None:
-        pairs, counts = np.unique(sid * 128 + pt, return_counts=True)
-        for key, c in zip(pairs.tolist(), counts.tolist(), strict=True):
-            streams[key // 128].payload_types[key % 128] += c
+    def _payload_type_counts(counts: np.ndarray, scatter: RowScatter, sid: np.ndarray, pt: np.ndarray) -> None:
+        """Packets per (stream, payload type) added to the table's (row, PT) counts."""
+        pairs, seen = np.unique(sid * PAYLOAD_TYPES + pt, return_counts=True)
+        cells = scatter.rows[pairs // PAYLOAD_TYPES], pairs % PAYLOAD_TYPES
+        if scatter.repeats:
+            np.add.at(counts, cells, seen)
+        else:
+            counts[cells] += seen
 
     @staticmethod
     def _rates(work: list[StreamWork], fresh: np.ndarray, kind: np.ndarray, spec_index: np.ndarray,

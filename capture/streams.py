@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from capture.codecs import CodecSpec, Decoder, make_decoder
+from capture.streamstate import Column, StreamTable, initial_values
 from capture.timeline import CallTimeline
 
 
@@ -50,36 +51,67 @@ class CallAudio(Protocol):
 
 @dataclass(eq=False)
 class MediaStream:
+    """One stream. The counters and placement state below the dataclass fields live in a row
+    of the engine's StreamTable while the call runs (capture.streamstate), and in `detached`
+    before its first batch and after its call ends."""
+
     channel: int
     ssrc: int
     src: str
     dst: str
     reanchor_s: float = 0.2
-    packets: int = 0
-    unique: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    undecodable: int = 0
-    payload_types: Counter[int] = field(default_factory=Counter)
     codecs: set[str] = field(default_factory=set)
     gaps: list[Gap] = field(default_factory=list)
     dtmf: dict[int, DtmfDigit] = field(default_factory=dict)
-    first_seq: int | None = None
-    max_seq: int | None = None          # highest extended sequence number seen
-    max_ts: int | None = None           # extended timestamp of that packet
-    last_seq: int | None = None         # extended values of the last packet to arrive
-    last_ts: int | None = None
-    first_arrival: float = 0.0
-    last_arrival: float = 0.0
-    jitter_s: float = 0.0
-    max_jitter_s: float = 0.0
-    jitter_transit: float | None = None
-    frame_ticks: int = 0                # timestamp step between consecutive packets (ptime)
-    clock: int = 0
-    anchor_arrival: float = 0.0
-    anchor_ts: int = 0
-    ring_row: int = -1                  # row in the duplicate-ring pool (capture.mediabatch)
     decoders: dict[tuple[CodecSpec, int], Decoder] = field(default_factory=dict)
+    table: StreamTable | None = None    # while attached: the table holding the row below
+    row: int = -1
+    detached: dict[str, Any] = field(default_factory=initial_values)
+    detached_payload_types: Counter[int] = field(default_factory=Counter)
+
+    packets = Column[int]()
+    unique = Column[int]()
+    duplicates = Column[int]()
+    out_of_order = Column[int]()
+    undecodable = Column[int]()
+    first_seq = Column[int | None]()
+    max_seq = Column[int | None]()        # highest extended sequence number seen
+    max_ts = Column[int | None]()         # extended timestamp of that packet
+    last_seq = Column[int | None]()       # extended values of the last packet to arrive
+    last_ts = Column[int | None]()
+    first_arrival = Column[float]()
+    last_arrival = Column[float]()
+    jitter_s = Column[float]()
+    max_jitter_s = Column[float]()
+    jitter_transit = Column[float | None]()
+    frame_ticks = Column[int]()           # timestamp step between consecutive packets (ptime)
+    clock = Column[int]()
+    anchor_arrival = Column[float]()
+    anchor_ts = Column[int]()
+    t0 = Column[float]()                  # the call's timeline origin (capture time)
+
+    def attach(self, table: StreamTable) -> int:
+        """Move the state into a row of `table` (the stream's first batch); returns the row."""
+        if self.table is None:
+            self.row = table.allocate(self.detached)
+            for pt, count in self.detached_payload_types.items():
+                table.payload_types[self.row, pt] = count
+            self.table = table
+        return self.row
+
+    def detach(self) -> None:
+        """Copy the row back into the object and free it (the call ended)."""
+        if self.table is not None:
+            self.detached, self.detached_payload_types = self.table.release(self.row)
+            self.table, self.row = None, -1
+
+    @property
+    def payload_types(self) -> Counter[int]:
+        """Packets per RTP payload type (a copy while attached)."""
+        if self.table is None:
+            return self.detached_payload_types
+        counts = self.table.payload_types[self.row]
+        return Counter({int(pt): int(counts[pt]) for pt in np.flatnonzero(counts).tolist()})
 
     @property
     def expected(self) -> int:
