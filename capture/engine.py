@@ -86,6 +86,7 @@ class CallMedia:
         self.timeline = CallTimeline(t0, NARROWBAND_RATE)
         self.handle = sink.open(call, NARROWBAND_RATE, t0)
         self.streams: dict[tuple[int, int], MediaStream] = {}
+        self.work: dict[tuple[int, int], StreamWork] = {}   # (expectation, SSRC) -> plain RTP's StreamWork
         self.srtp: dict[int, SrtpReceiver | None] = {}
         self.frames = 0
         self.encrypted = False
@@ -223,35 +224,40 @@ class CaptureEngine:
         order = np.lexsort((idx, ssrc, ident))           # by stream, then arrival
         keep, idx, ident, ssrc = keep[order], idx[order], ident[order], ssrc[order]
         cuts = np.flatnonzero((np.diff(ident) != 0) | (np.diff(ssrc) != 0)) + 1
-        bounds = np.concatenate(([0], cuts, [len(idx)])).tolist()
-        audio_rows: list[np.ndarray] = []
+        seg_start = np.concatenate(([0], cuts))
+        seg_length = np.diff(np.append(seg_start, len(idx)))
+        recorded = np.zeros(len(seg_start), bool)
         plan: list[tuple[MediaExpectation, int, int]] = []   # claim, ssrc, first packet index
         first_arrival: dict[str, float] = {}
         routed: dict[int | None, list[np.ndarray]] = {}
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            claim = claims[int(ident[a])]
+        segments = zip(seg_start.tolist(), (seg_start + seg_length).tolist(), ident[seg_start].tolist(),
+                       ssrc[seg_start].tolist(), idx[seg_start].tolist(), arrays.ts[idx[seg_start]].tolist(),
+                       strict=True)
+        for j, (a, b, claim_ident, stream_ssrc, first, t) in enumerate(segments):
+            claim = claims[claim_ident]
+            key = claim.call_key
             if self.router is not None and self._routed_away(claim, idx[a:b], routed):
                 continue
-            if claim.call_key in self.refused or (self.paused_reason and claim.call_key not in self.media):
-                self.refused.setdefault(claim.call_key, self.paused_reason or "refused")
+            if key in self.refused or (self.paused_reason and key not in self.media):
+                self.refused.setdefault(key, self.paused_reason or "refused")
                 self.counters["rtp_not_recorded"] += b - a
                 continue
             if claim.kind != "audio":
                 self.counters["rtp_non_audio"] += b - a
-                self.video_seen.add(claim.call_key)
+                self.video_seen.add(key)
                 continue
-            audio_rows.append(np.arange(a, b))
-            plan.append((claim, int(ssrc[a]), int(idx[a])))
-            t = float(arrays.ts[idx[a]])
-            first_arrival[claim.call_key] = min(first_arrival.get(claim.call_key, t), t)
+            recorded[j] = True
+            plan.append((claim, stream_ssrc, first))
+            known = first_arrival.get(key)
+            first_arrival[key] = t if known is None or t < known else known
         if routed:
             self._send_routed(source, routed, forwardable)
         if not plan:
             return
         for key, t in first_arrival.items():
             self._prepare_call(key, t)
-        rows = np.concatenate(audio_rows)
-        sid = np.repeat(np.arange(len(plan)), [len(r) for r in audio_rows])
+        rows = np.flatnonzero(np.repeat(recorded, seg_length))
+        sid = np.repeat(np.arange(len(plan)), seg_length[recorded])
         at, hrow = idx[rows], keep[rows]
         self.counters["rtp_packets"] += len(rows)
         batch = BatchPackets(
@@ -297,7 +303,7 @@ class CaptureEngine:
         """Open the recording at the call's first media packet; after a quiet spell, write the
         silence up to the jitter window before the new packets, so the buffer stays small."""
         call = self.tracker.calls[key]
-        self.tracker.on_media(call, first)
+        self.tracker.on_media(call, max(first, self.now))
         media = self.media.get(key)
         if media is None:
             self.media[key] = CallMedia(call, self.sink, first)
@@ -308,8 +314,14 @@ class CaptureEngine:
 
     def _stream_work(self, arrays: PacketArrays, claim: MediaExpectation, ssrc: int, first: int,
                      batch: BatchPackets, packet_offset: np.ndarray, packet_length: np.ndarray) -> StreamWork:
-        call = self.tracker.calls[claim.call_key]
+        """The stream's share of the batch. Plain RTP keeps the same StreamWork from batch to
+        batch (a new one per batch cost more than its packets at thousands of calls); SRTP
+        and ZRTP streams get one per batch, as their payload reader depends on the batch."""
         media = self.media[claim.call_key]
+        cached = media.work.get((claim.ident, ssrc))
+        call = media.call
+        if cached is not None and not claim.secure and not call.zrtp:
+            return cached
         stream = media.streams.get((claim.channel, ssrc))
         if stream is None:
             src, dst = arrays.endpoints(first)
@@ -317,13 +329,15 @@ class CaptureEngine:
                                  reanchor_s=self.settings.reanchor_s)
             stream.t0 = media.timeline.t0
             media.streams[(claim.channel, ssrc)] = stream
-        self.tracker.on_media(call, self.now)
         silenced, payload_of = self._secure_payloads(call, media, claim, batch, packet_offset, packet_length)
 
         def codec_for(pt: int) -> CodecSpec | None:
             return claim.codecs.get(pt) or call.codecs.get(pt)
 
-        return StreamWork(stream, media, codec_for, silenced, payload_of)
+        work = StreamWork(stream, media, codec_for, silenced, payload_of)
+        if not claim.secure and not call.zrtp:
+            media.work[(claim.ident, ssrc)] = work
+        return work
 
     def _secure_payloads(self, call: Call, media: CallMedia, claim: MediaExpectation, batch: BatchPackets,
                          packet_offset: np.ndarray, packet_length: np.ndarray) -> tuple[bool, PayloadOf | None]:
