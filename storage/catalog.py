@@ -371,13 +371,21 @@ def time_id(epoch: float) -> int:
 
 
 def _free_id(conn: apsw.Connection, started_at: float, recording_id: str) -> int:
-    """The first id at or after ``time_id(started_at)`` that is free (or already this recording's)."""
+    """The first id at or after ``time_id(started_at)`` that is free (or already this recording's).
+
+    One query walks the taken ids from there in order: a burst of calls starting within the
+    same milliseconds (a daemon restart, a mass dial-out) used to cost one query per taken id,
+    which made catalogue inserts quadratic in the burst."""
     candidate = time_id(started_at)
-    while True:
-        found = conn.execute("SELECT recording_id FROM recordings WHERE id = ?", (candidate,)).fetchall()
-        if not found or found[0][0] == recording_id:
-            return candidate
-        candidate += 1
+    rows = conn.execute("SELECT id, recording_id FROM recordings WHERE id >= ? ORDER BY id", (candidate,))
+    try:
+        for taken, owner in rows:
+            if taken != candidate or owner == recording_id:
+                break   # a gap, or this recording's own row
+            candidate += 1
+    finally:
+        rows.close()
+    return candidate
 
 
 def _distinct_time_ids(started: list[float]) -> list[int]:

@@ -290,6 +290,20 @@ def test_same_start_time_gets_distinct_ids(catalog: Catalog) -> None:
     assert catalog.search(None).total == 3
 
 
+def test_a_burst_of_calls_starting_together_keeps_distinct_ids_through_begin_and_finish(catalog: Catalog) -> None:
+    """Calls begun in the same millisecond, finished in another order: each keeps the id it
+    got at begin (the walk over taken ids finds its own row), and the ids stay distinct."""
+    rids = [f"burst-{i}" for i in range(40)]
+    for rid in rids:
+        catalog.begin_recording(rid, f"{rid}@h", T0, {"caller": "1", "callee": "2"})
+    ids = dict(catalog.writer.call(lambda c: c.execute("SELECT recording_id, id FROM recordings").fetchall()))
+    assert sorted(ids.values()) == list(range(time_id(T0), time_id(T0) + 40))
+    for rid in reversed(rids):
+        store(catalog, rid, started=T0)
+    after = dict(catalog.writer.call(lambda c: c.execute("SELECT recording_id, id FROM recordings").fetchall()))
+    assert after == ids
+
+
 def test_not_recorded_rows(catalog: Catalog) -> None:
     catalog.add_not_recorded({"call_id": "x@h", "reason": "no_media", "invited_at": "2024-05-01T10:00:00.000Z"})
     with catalog.reader() as reader:
