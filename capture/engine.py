@@ -163,12 +163,11 @@ class CaptureEngine:
         idx = lo + np.flatnonzero(rtp_like[lo:hi])
         if not len(idx):
             return
-        local, table = self.tracker.expectations.lookup_keys(arrays.src_key[idx], arrays.dst_key[idx])
+        local, table, idents = self.tracker.expectations.lookup_keys(arrays.src_key[idx], arrays.dst_key[idx])
         hit = local >= 0
         self.counters["rtp_unmatched"] += int(len(idx) - np.count_nonzero(hit))
         for j in np.unique(local[hit]).tolist():
             claims[table[j].ident] = table[j]
-        idents = np.array([e.ident for e in table], np.int64) if table else np.zeros(0, np.int64)
         matched[idx[hit]] = idents[local[hit]]
 
     # -- signalling ----------------------------------------------------------------------------

@@ -75,6 +75,9 @@ class ExpectationTable:
     _by_src: dict[int, MediaExpectation] = field(default_factory=dict)
     _sorted: dict[str, Any] | None = None
     _next_ident: int = 0
+    # call -> the keys its claims were filed under (0 dst, 1 src, 2 pair): an ending call
+    # forgets its claims without a scan of every table (thousands of calls end every hour)
+    _filed: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
 
     def claim(self, ip: str, port: int, *, call_key: str, author_channel: int, kind: str,
               codecs: dict[int, CodecSpec], secure: bool) -> None:
@@ -84,6 +87,7 @@ class ExpectationTable:
         from_author = self._new(call_key, author_channel, kind, codecs, secure, via_source=True)
         self._by_dst[key] = to_author     # the newer SDP's claim wins (port reuse, re-INVITE)
         self._by_src[key] = from_author
+        self._filed.setdefault(call_key, []).extend(((0, key), (1, key)))
         self._sorted = None
 
     def claim_pair(self, src: tuple[str, int], dst: tuple[str, int], *, call_key: str, channel: int,
@@ -94,6 +98,7 @@ class ExpectationTable:
         key = (endpoint_key(self.addresses.key(src[0]), src[1]), endpoint_key(self.addresses.key(dst[0]), dst[1]))
         self._by_pair[key] = self._new(call_key, channel, kind, codecs, secure, via_source=False)
         self._pair_calls.setdefault(key, set()).add(call_key)
+        self._filed.setdefault(call_key, []).append((2, key))
         self._sorted = None
 
     def _new(self, call_key: str, channel: int, kind: str, codecs: dict[int, CodecSpec],
@@ -102,16 +107,19 @@ class ExpectationTable:
         return MediaExpectation(self._next_ident, call_key, channel, kind, codecs, secure, via_source)
 
     def release_call(self, call_key: str) -> None:
-        """Forget every claim of a call that ended, so its ports are free for later calls."""
-        for pair in [k for k, e in self._by_pair.items() if e.call_key == call_key]:
-            del self._by_pair[pair]
-        for pair, calls in list(self._pair_calls.items()):
-            calls.discard(call_key)
-            if not calls:
-                del self._pair_calls[pair]
-        for table in (self._by_dst, self._by_src):
-            for key in [k for k, e in table.items() if e.call_key == call_key]:
+        """Forget every claim of a call that ended, so its ports are free for later calls
+        (a claim another call has since taken over stays with that call)."""
+        tables: tuple[dict[Any, MediaExpectation], ...] = (self._by_dst, self._by_src, self._by_pair)
+        for where, key in self._filed.pop(call_key, []):
+            table = tables[where]
+            claim = table.get(key)
+            if claim is not None and claim.call_key == call_key:
                 del table[key]
+            if where == 2 and key in self._pair_calls:
+                calls = self._pair_calls[key]
+                calls.discard(call_key)
+                if not calls:
+                    del self._pair_calls[key]
         self._sorted = None
 
     def lookup(self, src_ip: str, sport: int, dst_ip: str, dport: int) -> MediaExpectation | None:
@@ -130,8 +138,10 @@ class ExpectationTable:
             return dst or pair
         return dst if dst.call_key in self._pair_calls.get((src_key, dst_key), ()) else pair
 
-    def lookup_keys(self, src_keys: np.ndarray, dst_keys: np.ndarray) -> tuple[np.ndarray, list[MediaExpectation]]:
-        """Vectorised lookup: index into the returned list per packet, -1 where nothing matches.
+    def lookup_keys(self, src_keys: np.ndarray,
+                    dst_keys: np.ndarray) -> tuple[np.ndarray, list[MediaExpectation], np.ndarray]:
+        """Vectorised lookup: index into the returned list per packet, -1 where nothing matches;
+        and the list's expectation idents as an array.
 
         Destination claims, with (source, destination) pair claims deciding contested
         destinations (see `_choose`), then source claims (symmetric RTP)."""
@@ -169,7 +179,7 @@ class ExpectationTable:
             pos = np.minimum(np.searchsorted(keys, src_keys), len(keys) - 1)
             hit = open_ & (keys[pos] == src_keys)
             result[hit] = index[pos[hit]]
-        return result, table
+        return result, table, view["idents"]
 
     def _sorted_view(self) -> dict[str, Any]:
         if self._sorted is None:
@@ -191,6 +201,7 @@ class ExpectationTable:
             view["pairs"] = (hashes[order], src[order], dst[order], index[order])
             calls: dict[str, int] = {}
             view["call_of"] = np.array([calls.setdefault(e.call_key, len(calls)) for e in table], np.int64)
+            view["idents"] = np.array([e.ident for e in table], np.int64)
             self._sorted = view
         return self._sorted
 
