@@ -244,11 +244,16 @@ class Daemon:
         while not (self.stop_event.is_set() and self.queue.empty()):
             try:
                 batch = self.queue.get(timeout=QUEUE_POLL_S)
-                self.engine.feed(self._with_backlog(batch, time.monotonic() + window))
             except queue.Empty:
-                pass
+                idle = True
+            else:
+                idle = False
+                self.engine.feed(self._with_backlog(batch, time.monotonic() + window))
             now = time.time()
-            if now - last_tick >= idle_tick:
+            # The wall clock may only move capture time on when nothing is queued: behind a
+            # backlog it runs ahead of the packets still waiting, and the audio they carry
+            # would be flushed as silence before it arrives (then counted as late, and lost).
+            if idle and now - last_tick >= idle_tick:
                 self.engine.tick(now - self.engine.settings.jitter_window_s)
                 last_tick = now
             if now - last_disk >= 1.0:
