@@ -29,17 +29,20 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,8 +109,10 @@ class RecordingCounts:
 
     listed: int = 0
     states: Counter[str] = field(default_factory=Counter)
-    complete: int = 0               # state complete, every packet received, full duration
+    complete: int = 0               # state complete, every packet received and placed, full duration
     durations: list[float] = field(default_factory=list)
+    late_samples: int = 0           # audio that arrived after its place was written (lost), all calls
+    with_late: int = 0              # recordings with any
 
 
 @dataclass(slots=True)
@@ -434,19 +439,36 @@ def stop_tcpdump(proc: subprocess.Popen[bytes], log: Path) -> TcpdumpStats:
 
 # -- recordings ------------------------------------------------------------------------------
 
+def late_samples(config: Path) -> dict[str, int]:
+    """Per recording, the samples that reached the engine after their place on the timeline had
+    been written (metadata completeness.late_samples): audio lost although every packet was
+    captured, e.g. flushed as silence while the engine was behind. Read from the catalog
+    (read-only): `recorderd search` does not list it."""
+    catalog = tomllib.loads(config.read_text())["storage"]["catalog"]
+    with contextlib.closing(sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT recording_id, json_extract(metadata, '$.completeness.late_samples') "
+                          "FROM recordings").fetchall()
+    return {rid: int(late or 0) for rid, late in rows}
+
+
 def count_recordings(recorderd: list[str], config: Path, calls: int, seconds: float, timing: str) -> RecordingCounts:
     """`recorderd search --json`: rows by state, and how many are complete: state complete,
-    every RTP packet of both legs received, and their full length (the generator's streams
-    last ``seconds`` − 10 ms; less the ramp shortening with --timing pps)."""
+    every RTP packet of both legs received, none of their audio late (see `late_samples`), and
+    their full length (the generator's streams last ``seconds`` − 10 ms; less the ramp
+    shortening with --timing pps)."""
     shortest = seconds - DURATION_SLACK_S - (PPS_RAMP_SHORTENING_S if timing == "pps" else 0.0)
     listing = json.loads(run_checked([*recorderd, "--config", str(config), "search", "--json",
                                       "--limit", str(calls + 100)], 300))
+    late = late_samples(config)
     counts = RecordingCounts(listed=len(listing["rows"]))
     for row in listing["rows"]:
         counts.states[row["state"]] += 1
         counts.durations.append(row["duration_s"] or 0.0)
         full_length = shortest <= counts.durations[-1] <= seconds + DURATION_SLACK_S
-        if row["state"] == "complete" and row["completeness"] == 1.0 and full_length:
+        lost = late.get(row["recording_id"], 0)
+        counts.late_samples += lost
+        counts.with_late += bool(lost)
+        if row["state"] == "complete" and row["completeness"] == 1.0 and full_length and not lost:
             counts.complete += 1
     return counts
 
@@ -588,6 +610,7 @@ def report_line(r: RateResult) -> str:
               f"; finished the calls {r.catch_up_s:.0f} s after the "
               f"replay; catalog: {r.recordings.listed} rows ({states}), "
               f"durations {min(r.recordings.durations, default=0):.2f}-{max(r.recordings.durations, default=0):.2f} s"
+              f"; late audio {r.recordings.late_samples / 8000:.1f} s in {r.recordings.with_late} recordings"
               f"{'' if r.drained else '; NOT DRAINED in time'}")
     return line + "\n" + detail + (f"\n{'':>6} error: {r.error}" if r.error else "")
 
