@@ -49,5 +49,5 @@ def test_a_backlog_is_recorded_whole_however_far_the_wall_clock_ran_ahead(tmp_pa
     daemon.appliance.close()
 
     assert len(rows) == 1 and rows[0][0] == "complete"
-    completeness = json.loads(rows[0][1])["completeness"]
+    completeness = json.loads(str(rows[0][1]))["completeness"]
     assert completeness["late_samples"] == 0, completeness
