@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.replay import CaptureInfo, ensure_capture, recorderd_command  # noqa: E402
+from recorderd.config import load as load_config  # noqa: E402
 
 TARGET_CALLS = 2000
 TARGET_SECONDS = 600.0
@@ -444,7 +444,7 @@ def late_samples(config: Path) -> dict[str, int]:
     been written (metadata completeness.late_samples): audio lost although every packet was
     captured, e.g. flushed as silence while the engine was behind. Read from the catalog
     (read-only): `recorderd search` does not list it."""
-    catalog = tomllib.loads(config.read_text())["storage"]["catalog"]
+    catalog = load_config(config)["storage"]["catalog"]   # resolved against the config's directory
     with contextlib.closing(sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)) as db:
         rows = db.execute("SELECT recording_id, json_extract(metadata, '$.completeness.late_samples') "
                           "FROM recordings").fetchall()
