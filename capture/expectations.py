@@ -21,6 +21,8 @@ import numpy as np
 from capture.codecs import CodecSpec
 
 IPV6_KEY_BASE = 1 << 32
+REBUILD_CHANGED_KEYS = 512     # see ExpectationTable.lookup_keys
+REBUILD_DIRTY_PACKETS = 2000
 
 
 class AddressBook:
@@ -75,6 +77,10 @@ class ExpectationTable:
     _by_src: dict[int, MediaExpectation] = field(default_factory=dict)
     _sorted: dict[str, Any] | None = None
     _next_ident: int = 0
+    # keys whose claims changed since the sorted view was built: packets to or from them are
+    # looked up one by one from the dicts; the view is rebuilt once enough have piled up
+    _changed_dst: set[int] = field(default_factory=set)
+    _changed_src: set[int] = field(default_factory=set)
     # call -> the keys its claims were filed under (0 dst, 1 src, 2 pair): an ending call
     # forgets its claims without a scan of every table (thousands of calls end every hour)
     _filed: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
@@ -88,7 +94,7 @@ class ExpectationTable:
         self._by_dst[key] = to_author     # the newer SDP's claim wins (port reuse, re-INVITE)
         self._by_src[key] = from_author
         self._filed.setdefault(call_key, []).extend(((0, key), (1, key)))
-        self._sorted = None
+        self._changed(key, key)
 
     def claim_pair(self, src: tuple[str, int], dst: tuple[str, int], *, call_key: str, channel: int,
                    kind: str, codecs: dict[int, CodecSpec], secure: bool) -> None:
@@ -99,7 +105,7 @@ class ExpectationTable:
         self._by_pair[key] = self._new(call_key, channel, kind, codecs, secure, via_source=False)
         self._pair_calls.setdefault(key, set()).add(call_key)
         self._filed.setdefault(call_key, []).append((2, key))
-        self._sorted = None
+        self._changed(*key)
 
     def _new(self, call_key: str, channel: int, kind: str, codecs: dict[int, CodecSpec],
              secure: bool, via_source: bool) -> MediaExpectation:
@@ -120,11 +126,20 @@ class ExpectationTable:
                 calls.discard(call_key)
                 if not calls:
                     del self._pair_calls[key]
-        self._sorted = None
+            self._changed(*(key if where == 2 else (key, key)))
+
+    def _changed(self, src_key: int, dst_key: int) -> None:
+        """A claim on these keys was added, replaced or released (see `lookup_keys`)."""
+        if self._sorted is not None:
+            self._changed_src.add(src_key)
+            self._changed_dst.add(dst_key)
 
     def lookup(self, src_ip: str, sport: int, dst_ip: str, dport: int) -> MediaExpectation | None:
         dst_key = endpoint_key(self.addresses.key(dst_ip), dport)
         src_key = endpoint_key(self.addresses.key(src_ip), sport)
+        return self._lookup_key(src_key, dst_key)
+
+    def _lookup_key(self, src_key: int, dst_key: int) -> MediaExpectation | None:
         return self._choose(src_key, dst_key, self._by_pair.get((src_key, dst_key)),
                             self._by_dst.get(dst_key)) or self._by_src.get(src_key)
 
@@ -144,8 +159,48 @@ class ExpectationTable:
         and the list's expectation idents as an array.
 
         Destination claims, with (source, destination) pair claims deciding contested
-        destinations (see `_choose`), then source claims (symmetric RTP)."""
+        destinations (see `_choose`), then source claims (symmetric RTP).
+
+        The sorted view is not rebuilt for every change (a rebuild costs milliseconds at
+        thousands of calls, and a burst of call set-ups changes the claims between every two
+        packets): a packet to or from a key whose claims changed since the build is looked up
+        in the dicts instead (`_lookup_key`, the same rules), every other packet's answer in
+        the view is still exact. The view is rebuilt once REBUILD_CHANGED_KEYS keys changed,
+        or a lookup found REBUILD_DIRTY_PACKETS packets that needed the dicts."""
+        if self._sorted is not None and (len(self._changed_dst) + len(self._changed_src) > REBUILD_CHANGED_KEYS):
+            self._sorted = None
         view = self._sorted_view()
+        local, table = self._lookup_view(view, src_keys, dst_keys)
+        if not (self._changed_dst or self._changed_src):
+            return local, table, view["idents"]
+        dirty = np.flatnonzero(np.isin(dst_keys, np.fromiter(self._changed_dst, np.int64, len(self._changed_dst)))
+                               | np.isin(src_keys, np.fromiter(self._changed_src, np.int64, len(self._changed_src))))
+        if len(dirty) > REBUILD_DIRTY_PACKETS:
+            self._sorted = None
+            view = self._sorted_view()
+            local, table = self._lookup_view(view, src_keys, dst_keys)
+            return local, table, view["idents"]
+        if not len(dirty):
+            return local, table, view["idents"]
+        table = list(table)
+        added: dict[int, int] = {}      # ident -> index in `table` of claims the view lacks
+        for i, src_key, dst_key in zip(dirty.tolist(), src_keys[dirty].tolist(), dst_keys[dirty].tolist(),
+                                       strict=True):
+            claim = self._lookup_key(src_key, dst_key)
+            if claim is None:
+                local[i] = -1
+                continue
+            at = added.get(claim.ident)
+            if at is None:
+                at = added[claim.ident] = len(table)
+                table.append(claim)
+            local[i] = at
+        idents = np.concatenate([view["idents"], np.array([table[k].ident for k in added.values()], np.int64)])
+        return local, table, idents
+
+    def _lookup_view(self, view: dict[str, Any], src_keys: np.ndarray,
+                     dst_keys: np.ndarray) -> tuple[np.ndarray, list[MediaExpectation]]:
+        """`lookup_keys` in the sorted view alone."""
         table = view["table"]
         pair_hit = np.full(len(dst_keys), -1, np.int64)
         pair_hash, pair_src, pair_dst, pair_index = view["pairs"]
@@ -179,7 +234,7 @@ class ExpectationTable:
             pos = np.minimum(np.searchsorted(keys, src_keys), len(keys) - 1)
             hit = open_ & (keys[pos] == src_keys)
             result[hit] = index[pos[hit]]
-        return result, table, view["idents"]
+        return result, table
 
     def _sorted_view(self) -> dict[str, Any]:
         if self._sorted is None:
@@ -203,6 +258,8 @@ class ExpectationTable:
             view["call_of"] = np.array([calls.setdefault(e.call_key, len(calls)) for e in table], np.int64)
             view["idents"] = np.array([e.ident for e in table], np.int64)
             self._sorted = view
+            self._changed_dst.clear()
+            self._changed_src.clear()
         return self._sorted
 
 
