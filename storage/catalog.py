@@ -402,8 +402,15 @@ def _distinct_time_ids(started: list[float]) -> list[int]:
 
 
 def _write_recording(conn: apsw.Connection, values: dict[str, Any], exists: bool) -> None:
-    """Insert or update one ``recordings`` row; its id follows ``started_at``."""
-    values = {**values, "id": _free_id(conn, values["started_at"], values["recording_id"])}
+    """Insert or update one ``recordings`` row; its id follows ``started_at`` (an update
+    whose start is the same millisecond keeps the id it has)."""
+    kept = None
+    if exists:
+        row = conn.execute("SELECT id, started_at FROM recordings WHERE recording_id = ?",
+                           (values["recording_id"],)).fetchone()
+        if row is not None and row[1] is not None and time_id(row[1]) == time_id(values["started_at"]):
+            kept = row[0]
+    values = {**values, "id": kept if kept is not None else _free_id(conn, values["started_at"], values["recording_id"])}
     if exists:
         changed = [c for c in values if c not in ("recording_id", "created_at")]
         conn.execute(f"UPDATE recordings SET {', '.join(f'{c} = ?' for c in changed)} WHERE recording_id = ?",  # nosec B608  # column names from _identity_values/_metadata_values/IMPORT_COLUMNS (code); every value is a ? parameter
