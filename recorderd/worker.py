@@ -140,6 +140,7 @@ class ReportingSink:
     def __init__(self, sink: VaultSink, report: Callable[[dict[str, Any]], None]) -> None:
         self.sink = sink
         self.report = report
+        self.flush_frames = sink.flush_frames
 
     def open(self, call: Call, rate: int, started_at: float) -> VaultHandle:
         self.report({"kind": "open", "recording_id": call.recording_id, "call": call.key})

@@ -21,7 +21,7 @@ from capture.recording import call_identity
 from storage.audit import AuditLog
 from storage.catalog import Catalog
 from storage.keys import KeyStore, new_data_key
-from storage.vault import VaultReader, VaultWriter
+from storage.vault import SAMPLE_BYTES, VaultReader, VaultWriter
 
 VAULT_SUFFIX = ".rdv"
 CHANNELS = 2
@@ -80,6 +80,12 @@ class VaultSink:
     fsync_every_segments: int = 1
     recorded: list[str] = field(default_factory=list)
     open_handles: dict[str, VaultHandle] = field(default_factory=dict)
+
+    @property
+    def flush_frames(self) -> int:
+        """Frames in one vault segment (capture.engine.RecordingSink): live audio comes in
+        whole segments."""
+        return max(1, self.segment_size // (CHANNELS * SAMPLE_BYTES))
 
     def open(self, call: Call, rate: int, started_at: float) -> VaultHandle:
         key, key_id = new_data_key()
