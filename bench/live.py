@@ -60,6 +60,9 @@ TARGET_SECONDS = 600.0
 PACKETS_PER_CALL_S = 100            # two G.711 streams × 50 packets/s (20 ms ptime)
 VAULT_BYTES_PER_CALL_S = 32_000     # 8 kHz stereo 16-bit audio, encrypted (a few % more with framing)
 PCAP_BYTES_PER_PACKET = 246         # 16-byte record header + 230-byte RTP frame
+# tcpreplay -K keeps its own record per cached packet besides the bytes: a 240 s run (11 GB,
+# 48 M packets) counted as "under half the RAM" by size alone was killed by the OOM killer
+TCPREPLAY_BYTES_PER_PACKET = 160
 DURATION_SLACK_S = 0.1
 # --timing pps sends the ramps faster than recorded: a call whose setup came x s into the first
 # second loses (1 - x)²/2 s at its start and about x²/2 s at its end, 0.25-0.5 s in all.
@@ -504,9 +507,9 @@ def run_rate(s: Settings, capture: CaptureInfo, children: Children) -> RateResul
               file=sys.stderr)
         tcpdump = start_tcpdump(children, s.link, s.load_cpus, run_dir / "tcpdump.log")
         daemon = start_daemon(children, s.recorderd, s.link, config, s.daemon_cpus, notify, run_dir / "daemon.log")
-        preload = capture.size < available_memory() // 2
+        preload = capture.size + capture.frames * TCPREPLAY_BYTES_PER_PACKET < available_memory() // 2
         print(f"[{capture.calls} calls] tcpreplay {' '.join(pacing_options(s.timing, capture))} "
-              f"{'-K' if preload else '(no -K: file > RAM/2)'}: {capture.frames:,} packets ...", file=sys.stderr)
+              f"{'-K' if preload else '(no -K: cache > RAM/2)'}: {capture.frames:,} packets ...", file=sys.stderr)
         cpu_before = cpu_by_process(daemon.pid)
         result.replay = run_tcpreplay(s.link, capture, s.load_cpus, s.timing, preload, run_dir / "tcpreplay.log",
                                       3 * capture.seconds + 120, lambda: notify.status)
