@@ -99,7 +99,7 @@ def box(tmp_path: Path) -> Path:
 class Daemon:
     """`recorderd run` inside the namespace, with a NOTIFY_SOCKET read like systemd does."""
 
-    def __init__(self, ns: list[str], config: Path, tmp: Path) -> None:
+    def __init__(self, ns: list[str], config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.log = tmp / "daemon.log"
         path = str(tmp / f"notify-{time.monotonic_ns()}.sock")
@@ -107,9 +107,11 @@ class Daemon:
         self.notify.bind(path)
         self.notify.settimeout(0.3)
         self.ready = threading.Event()
+        self.messages: list[tuple[float, str]] = []     # (monotonic arrival, datagram)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([*ns, sys.executable, "-m", "recorderd", "--config", str(config), "run"],
-                                         stdout=out, stderr=subprocess.STDOUT, env={**ENV, "NOTIFY_SOCKET": path})
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         env={**ENV, "NOTIFY_SOCKET": path, **(env or {})})
         threading.Thread(target=self._drain, daemon=True).start()
         if not self.ready.wait(READY_S):
             self.stop()
@@ -118,10 +120,15 @@ class Daemon:
     def _drain(self) -> None:
         while self.proc.poll() is None:
             try:
-                if "READY=1" in self.notify.recv(4096).decode():
-                    self.ready.set()
+                message = self.notify.recv(4096).decode()
             except (TimeoutError, OSError):
                 continue
+            self.messages.append((time.monotonic(), message))
+            if "READY=1" in message:
+                self.ready.set()
+
+    def pings_between(self, start: float, end: float) -> int:
+        return sum(1 for t, m in self.messages if start <= t < end and "WATCHDOG=1" in m.split("\n"))
 
     def metrics(self) -> dict[str, float]:
         """name{labels} -> value, from the Prometheus endpoint inside the namespace."""
@@ -327,6 +334,39 @@ def test_a_killed_worker_is_restarted_and_loses_only_its_calls_in_flight(netns: 
     verify = subprocess.run([sys.executable, "-m", "recorderd", "--config", str(box), "verify"],
                             capture_output=True, text=True, env=ENV, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_stalled_worker_stops_the_watchdog_pings_until_it_moves_again(netns: list[str], box: Path,
+                                                                      tmp_path: Path) -> None:
+    """Each worker is a watchdog stage of the daemon, fresh only while the worker reports with
+    every one of its own stages fresh: a worker that stops (SIGSTOP: its engine, captures,
+    everything) withholds WATCHDOG=1, so systemd would restart the service; pings come back
+    when it runs again."""
+    box.write_text(box.read_text().replace("stage_max_age_s = 10.0", "stage_max_age_s = 2.0"))
+    daemon = Daemon(netns, box, tmp_path, env={"WATCHDOG_USEC": "1000000"})      # a ping every 0.5 s
+    stopped = 0
+    try:
+        wait_for(lambda: len(daemon.workers()) == 2, 15, "both workers")
+        time.sleep(2.0)
+        healthy_from = time.monotonic()
+        time.sleep(3.0)
+        assert daemon.pings_between(healthy_from, time.monotonic()) >= 4, daemon.messages[-10:]
+        stopped = daemon.workers()[1]
+        os.kill(stopped, signal.SIGSTOP)
+        stalled_at = time.monotonic()
+        time.sleep(6.0)              # past stage_max_age_s, plus a report period and a ping interval
+        silent_from = stalled_at + 3.5
+        assert daemon.pings_between(silent_from, time.monotonic()) == 0, daemon.messages[-10:]
+        os.kill(stopped, signal.SIGCONT)
+        stopped = 0
+        resumed_at = time.monotonic()
+        wait_for(lambda: daemon.pings_between(resumed_at, time.monotonic()) >= 2, 10, "pings after SIGCONT")
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        code = daemon.stop()
+    assert code == 0, daemon.log.read_text()[-3000:]
+    assert "withholding watchdog pings" in daemon.log.read_text()
 
 
 def test_a_jitter_window_too_short_for_forwarding_stops_start_up(box: Path, capsys: pytest.CaptureFixture[str]) -> None:
