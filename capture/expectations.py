@@ -23,6 +23,7 @@ from capture.codecs import CodecSpec
 IPV6_KEY_BASE = 1 << 32
 REBUILD_CHANGED_KEYS = 512     # see ExpectationTable.lookup_keys
 REBUILD_DIRTY_PACKETS = 2000
+REBUILD_AFTER_LOOKUPS = 64
 
 
 class AddressBook:
@@ -81,6 +82,7 @@ class ExpectationTable:
     # looked up one by one from the dicts; the view is rebuilt once enough have piled up
     _changed_dst: set[int] = field(default_factory=set)
     _changed_src: set[int] = field(default_factory=set)
+    _lookups_since_build: int = 0
     # call -> the keys its claims were filed under (0 dst, 1 src, 2 pair): an ending call
     # forgets its claims without a scan of every table (thousands of calls end every hour)
     _filed: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
@@ -166,8 +168,13 @@ class ExpectationTable:
         packets): a packet to or from a key whose claims changed since the build is looked up
         in the dicts instead (`_lookup_key`, the same rules), every other packet's answer in
         the view is still exact. The view is rebuilt once REBUILD_CHANGED_KEYS keys changed,
-        or a lookup found REBUILD_DIRTY_PACKETS packets that needed the dicts."""
-        if self._sorted is not None and (len(self._changed_dst) + len(self._changed_src) > REBUILD_CHANGED_KEYS):
+        a lookup found REBUILD_DIRTY_PACKETS packets that needed the dicts, or changes have
+        waited REBUILD_AFTER_LOOKUPS lookups (so the calls set up last do not stay on the
+        slow path once the burst is over)."""
+        self._lookups_since_build += 1
+        changed = len(self._changed_dst) + len(self._changed_src)
+        if self._sorted is not None and changed and (changed > REBUILD_CHANGED_KEYS or
+                                                     self._lookups_since_build > REBUILD_AFTER_LOOKUPS):
             self._sorted = None
         view = self._sorted_view()
         local, table = self._lookup_view(view, src_keys, dst_keys)
@@ -260,6 +267,7 @@ class ExpectationTable:
             self._sorted = view
             self._changed_dst.clear()
             self._changed_src.clear()
+            self._lookups_since_build = 0
         return self._sorted
 
 

@@ -38,6 +38,7 @@ def test_vectorised_lookup_equals_the_dict_lookup_through_churn(seed: int, small
     if small_thresholds:   # rebuilds happen often: both paths and the switch between them run
         monkeypatch.setattr(expectations, "REBUILD_CHANGED_KEYS", 6)
         monkeypatch.setattr(expectations, "REBUILD_DIRTY_PACKETS", 20)
+        monkeypatch.setattr(expectations, "REBUILD_AFTER_LOOKUPS", 3)
     rng = np.random.default_rng(seed)
     table = ExpectationTable()
     live: list[str] = []
@@ -64,3 +65,14 @@ def test_vectorised_lookup_equals_the_dict_lookup_through_churn(seed: int, small
             assert got == one_by_one(table, src, dst), f"seed {seed}, step {step}"
             checked += len(src)
     assert checked > 1000
+
+
+def test_changes_left_after_a_burst_are_folded_into_the_view_within_a_bounded_number_of_lookups() -> None:
+    table = ExpectationTable()
+    src, dst = np.array([endpoint_key(table.addresses.key(IPS[0]), 4000)]), np.array([1], np.int64)
+    table.lookup_keys(src, dst)                       # the view exists
+    table.claim(IPS[1], 4000, call_key="late", author_channel=0, kind="audio", codecs={}, secure=False)
+    assert table._changed_dst
+    for _ in range(expectations.REBUILD_AFTER_LOOKUPS + 1):
+        table.lookup_keys(src, dst)
+    assert not table._changed_dst and not table._changed_src
