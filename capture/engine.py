@@ -253,8 +253,7 @@ class CaptureEngine:
                 continue
             recorded[j] = True
             plan.append((claim, stream_ssrc, first))
-            known = first_arrival.get(key)
-            first_arrival[key] = t if known is None or t < known else known
+            first_arrival[key] = min(first_arrival.get(key, t), t)
         if routed:
             self._send_routed(source, routed, forwardable)
         if not plan:
@@ -323,9 +322,10 @@ class CaptureEngine:
         batch (a new one per batch cost more than its packets at thousands of calls); SRTP
         and ZRTP streams get one per batch, as their payload reader depends on the batch."""
         media = self.media[claim.call_key]
-        cached = media.work.get((claim.ident, ssrc))
         call = media.call
-        if cached is not None and not claim.secure and not call.zrtp:
+        plain = not claim.secure and not call.zrtp
+        cached = media.work.get((claim.ident, ssrc))
+        if cached is not None and plain:
             return cached
         stream = media.streams.get((claim.channel, ssrc))
         if stream is None:
@@ -340,7 +340,7 @@ class CaptureEngine:
             return claim.codecs.get(pt) or call.codecs.get(pt)
 
         work = StreamWork(stream, media, codec_for, silenced, payload_of)
-        if not claim.secure and not call.zrtp:
+        if plain:
             media.work[(claim.ident, ssrc)] = work
         return work
 
@@ -472,7 +472,7 @@ class CaptureEngine:
         media.flush(max(t.end, t.base), int(self.settings.flush_chunk_s * t.rate))
         streams = list(media.streams.values())
         for stream in streams:
-            self.media_pass.release(stream)
+            stream.detach()   # its row in the stream table is free again; the values stay with it
         decoded_any = any(s.unique > s.undecodable for s in streams)
         if not decoded_any and not media.undecryptable:
             media.sink.discard(media.handle)

@@ -205,8 +205,11 @@ class RowScatter:
         self.rows = rows
         self.repeats = len(rows) > 1 and len(np.unique(rows)) != len(rows)
 
+    def _rows(self, items: np.ndarray | None) -> np.ndarray:
+        return self.rows if items is None else self.rows[items]
+
     def assign(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
-        rows = self.rows if items is None else self.rows[items]
+        rows = self._rows(items)
         if self.repeats:   # numpy does not promise which of repeated indices is written last
             last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
             rows, values = rows[last], values[last]
@@ -214,21 +217,21 @@ class RowScatter:
 
     def assign_first(self, column: np.ndarray, values: np.ndarray, items: np.ndarray) -> None:
         """The first work item wins (a value set once, e.g. a stream's first arrival)."""
-        rows = self.rows[items]
+        rows = self._rows(items)
         if self.repeats:
             firsts = np.unique(rows, return_index=True)[1]
             rows, values = rows[firsts], values[firsts]
         column[rows] = values
 
     def add(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
-        rows = self.rows if items is None else self.rows[items]
+        rows = self._rows(items)
         if self.repeats:
             np.add.at(column, rows, values)
         else:
             column[rows] += values
 
     def maximum(self, column: np.ndarray, values: np.ndarray, items: np.ndarray | None = None) -> None:
-        rows = self.rows if items is None else self.rows[items]
+        rows = self._rows(items)
         if self.repeats:
             np.maximum.at(column, rows, values)
         else:
@@ -241,9 +244,6 @@ class MediaBatchProcessor:
     def __init__(self, reanchor_s: float) -> None:
         self.reanchor_s = reanchor_s
         self.table = StreamTable()
-
-    def release(self, stream: MediaStream) -> None:
-        stream.detach()
 
     # -- the pass --------------------------------------------------------------------------------
 
@@ -278,7 +278,7 @@ class MediaBatchProcessor:
         unset = np.flatnonzero(col["first_arrival"][rows] == 0.0)
         scatter.assign_first(col["first_arrival"], batch.arrival[starts[unset]], unset)
         self._payload_type_counts(table.payload_types, scatter, sid, batch.payload_type)
-        self._extend_ends(work, col["frame_ticks"][rows], clock, sid, fresh, positions, starts)
+        self._extend_ends(work, col["frame_ticks"][rows], clock, fresh, positions, starts)
         undecodable = fresh & ((kind == UNKNOWN) | (kind == UNDECODABLE))
         if undecodable.any():
             scatter.add(col["undecodable"], np.bincount(sid[undecodable], minlength=count))
@@ -444,8 +444,8 @@ class MediaBatchProcessor:
         scatter.assign(col["max_ts"], ts[last], s_of[last])
 
     @staticmethod
-    def _extend_ends(work: list[StreamWork], frame_ticks: np.ndarray, clock: np.ndarray, sid: np.ndarray,
-                     fresh: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> None:
+    def _extend_ends(work: list[StreamWork], frame_ticks: np.ndarray, clock: np.ndarray, fresh: np.ndarray,
+                     positions: np.ndarray, starts: np.ndarray) -> None:
         """Every fresh packet, audio or not, lasts on the timeline to its place + one packet
         interval; so a recording ends with its last media packet whatever the batch sizes."""
         latest = np.maximum.reduceat(np.where(fresh, positions, -np.inf), starts)

@@ -110,8 +110,7 @@ class MediaStream:
         """Packets per RTP payload type (a copy while attached)."""
         if self.table is None:
             return self.detached_payload_types
-        counts = self.table.payload_types[self.row]
-        return Counter({int(pt): int(counts[pt]) for pt in np.flatnonzero(counts).tolist()})
+        return self.table.payload_counts(self.row)
 
     @property
     def expected(self) -> int:

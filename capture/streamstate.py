@@ -23,7 +23,7 @@ UNSET = np.iinfo(np.int64).min      # an optional integer not known yet (None to
 RING = 512                          # sequence numbers remembered per stream (duplicate check)
 PAYLOAD_TYPES = 128                 # RTP payload types 0-127 (RFC 3550 §5.1: 7 bits)
 
-# name -> (dtype, value of a new stream); None: optional (UNSET or NaN stands for None)
+# name -> its value in a new stream; None: optional (stored as UNSET, or NaN for floats)
 INT_FIELDS: dict[str, int | None] = {
     "packets": 0, "unique": 0, "duplicates": 0, "out_of_order": 0, "undecodable": 0,
     "first_seq": None, "max_seq": None, "max_ts": None, "last_seq": None, "last_ts": None,
@@ -85,16 +85,17 @@ class StreamTable:
         self.payload_types[row] = 0
         return row
 
+    def payload_counts(self, row: int) -> Counter[int]:
+        """The row's packets per RTP payload type, the ones seen."""
+        counts = self.payload_types[row]
+        return Counter({int(pt): int(counts[pt]) for pt in np.flatnonzero(counts).tolist()})
+
     def release(self, row: int) -> tuple[dict[str, Any], Counter[int]]:
         """Free the row; returns its values and payload-type counts for the stream to keep."""
         values = {name: read_value(name, column[row]) for name, column in self.columns.items()}
-        counts = self.payload_types[row]
-        kept: Counter[int] = Counter({int(pt): int(counts[pt]) for pt in np.flatnonzero(counts).tolist()})
+        kept = self.payload_counts(row)
         self.free.append(row)
         return values, kept
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
 
 
 def read_value(name: str, raw: Any) -> Any:
