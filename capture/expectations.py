@@ -172,21 +172,14 @@ class ExpectationTable:
         waited REBUILD_AFTER_LOOKUPS lookups (so the calls set up last do not stay on the
         slow path once the burst is over)."""
         self._lookups_since_build += 1
+        dirty = self._dirty_packets(src_keys, dst_keys)
         changed = len(self._changed_dst) + len(self._changed_src)
-        if self._sorted is not None and changed and (changed > REBUILD_CHANGED_KEYS or
-                                                     self._lookups_since_build > REBUILD_AFTER_LOOKUPS):
-            self._sorted = None
+        if changed and (changed > REBUILD_CHANGED_KEYS or len(dirty) > REBUILD_DIRTY_PACKETS
+                        or self._lookups_since_build > REBUILD_AFTER_LOOKUPS):
+            self._sorted = None           # rebuilt below, with every change in it
+            dirty = dirty[:0]
         view = self._sorted_view()
         local, table = self._lookup_view(view, src_keys, dst_keys)
-        if not (self._changed_dst or self._changed_src):
-            return local, table, view["idents"]
-        dirty = np.flatnonzero(np.isin(dst_keys, np.fromiter(self._changed_dst, np.int64, len(self._changed_dst)))
-                               | np.isin(src_keys, np.fromiter(self._changed_src, np.int64, len(self._changed_src))))
-        if len(dirty) > REBUILD_DIRTY_PACKETS:
-            self._sorted = None
-            view = self._sorted_view()
-            local, table = self._lookup_view(view, src_keys, dst_keys)
-            return local, table, view["idents"]
         if not len(dirty):
             return local, table, view["idents"]
         table = list(table)
@@ -204,6 +197,14 @@ class ExpectationTable:
             local[i] = at
         idents = np.concatenate([view["idents"], np.array([table[k].ident for k in added.values()], np.int64)])
         return local, table, idents
+
+    def _dirty_packets(self, src_keys: np.ndarray, dst_keys: np.ndarray) -> np.ndarray:
+        """Indices of the packets to or from a key whose claims changed since the view was built."""
+        if not (self._changed_dst or self._changed_src):
+            return np.zeros(0, np.int64)
+        changed_dst = np.fromiter(self._changed_dst, np.int64, len(self._changed_dst))
+        changed_src = np.fromiter(self._changed_src, np.int64, len(self._changed_src))
+        return np.flatnonzero(np.isin(dst_keys, changed_dst) | np.isin(src_keys, changed_src))
 
     def _lookup_view(self, view: dict[str, Any], src_keys: np.ndarray,
                      dst_keys: np.ndarray) -> tuple[np.ndarray, list[MediaExpectation]]:
