@@ -401,17 +401,34 @@ def _distinct_time_ids(started: list[float]) -> list[int]:
     return ids
 
 
-def _write_recording(conn: apsw.Connection, values: dict[str, Any], exists: bool) -> None:
-    """Insert or update one ``recordings`` row; its id follows ``started_at`` (an update
-    whose start is the same millisecond keeps the id it has)."""
-    kept = None
-    if exists:
-        row = conn.execute("SELECT id, started_at FROM recordings WHERE recording_id = ?",
-                           (values["recording_id"],)).fetchone()
-        if row is not None and row[1] is not None and time_id(row[1]) == time_id(values["started_at"]):
-            kept = row[0]
-    values = {**values, "id": kept if kept is not None else _free_id(conn, values["started_at"], values["recording_id"])}
-    if exists:
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """What a write needs to know of a recording's row before it changes it."""
+
+    state: str
+    id: int
+    started_at: float | None
+
+    def starts_at(self, epoch: float) -> bool:
+        """The same millisecond: the row may keep its id."""
+        return self.started_at is not None and time_id(self.started_at) == time_id(epoch)
+
+
+def _stored_row(conn: apsw.Connection, recording_id: str) -> StoredRow | None:
+    found = conn.execute("SELECT state, id, started_at FROM recordings WHERE recording_id = ?",
+                         (recording_id,)).fetchone()
+    return StoredRow(str(found[0]), int(found[1]), found[2]) if found else None
+
+
+def _write_recording(conn: apsw.Connection, values: dict[str, Any], stored: StoredRow | None) -> None:
+    """Insert (``stored`` None) or update one ``recordings`` row; its id follows ``started_at``
+    (an update whose start is the same millisecond keeps the id it has)."""
+    if stored is not None and stored.starts_at(values["started_at"]):
+        row_id = stored.id
+    else:
+        row_id = _free_id(conn, values["started_at"], values["recording_id"])
+    values = {**values, "id": row_id}
+    if stored is not None:
         changed = [c for c in values if c not in ("recording_id", "created_at")]
         conn.execute(f"UPDATE recordings SET {', '.join(f'{c} = ?' for c in changed)} WHERE recording_id = ?",  # nosec B608  # column names from _identity_values/_metadata_values/IMPORT_COLUMNS (code); every value is a ? parameter
                      (*(values[c] for c in changed), values["recording_id"]))
@@ -1112,10 +1129,10 @@ class Catalog:
             values.update(kek_id=kek_id, wrapped_key=wrapped_key, key_id=key_id)
 
         def job(conn: apsw.Connection) -> None:
-            state = self._state(conn, recording_id)
-            if state is not None and state != "active":
-                raise CatalogError(f"recording {recording_id} is already {state}")
-            _write_recording(conn, values, exists=state is not None)
+            stored = _stored_row(conn, recording_id)
+            if stored is not None and stored.state != "active":
+                raise CatalogError(f"recording {recording_id} is already {stored.state}")
+            _write_recording(conn, values, stored)
 
         self.writer.call(job)
 
@@ -1141,10 +1158,10 @@ class Catalog:
         dtmf = [(recording_id, i, *(d.get(k) for k in _DTMF_FIELDS)) for i, d in enumerate(metadata.get("dtmf") or [])]
 
         def job(conn: apsw.Connection) -> None:
-            state = self._state(conn, recording_id)
-            if state == "purged":
+            stored = _stored_row(conn, recording_id)
+            if stored is not None and stored.state == "purged":
                 raise CatalogError(f"recording {recording_id} is purged: its key was destroyed")
-            _write_recording(conn, values, exists=state is not None)
+            _write_recording(conn, values, stored)
             conn.execute("DELETE FROM streams WHERE recording_id = ?; DELETE FROM dtmf WHERE recording_id = ?",
                          (recording_id, recording_id))
             conn.executemany(f"INSERT INTO streams (recording_id, ordinal, {', '.join(_STREAM_FIELDS)}) "  # nosec B608  # column names from the _STREAM_FIELDS constant; every value is a ? parameter
@@ -1215,7 +1232,7 @@ class Catalog:
             if conn.execute("SELECT 1 FROM recordings WHERE recording_id = ?", (row[rid_at],)).fetchall():
                 raise CatalogError(f"import: recording {row[rid_at]} is already in the catalog")
             values = dict(zip(columns, row, strict=True))
-            _write_recording(conn, values, exists=False)
+            _write_recording(conn, values, None)
 
     def abandon_recording(self, recording_id: str) -> None:
         """An active recording turned out to hold nothing to keep (e.g. no decodable audio):
