@@ -16,7 +16,7 @@ from typing import Any
 from capture.recording import iso_utc
 from recorderd.appliance import Appliance, cli_actor
 from recorderd.commands.common import EXIT_OK, EXIT_PROBLEM, UsageError
-from recorderd.commands.store import ROLE, appliance_from
+from recorderd.commands.store import ROLE, add_search_filters, appliance_from
 from retention.periods import Period, PeriodError
 from retention.plan import PurgePlan
 from retention.purge import Purger
@@ -88,12 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     hadd.add_argument("--reason", required=True)
     hadd.add_argument("--recording", help="one recording id")
     hadd.add_argument("--query", help="search words / part of a number (as recorderd search)")
-    hadd.add_argument("--from", dest="date_from")
-    hadd.add_argument("--to", dest="date_to")
-    hadd.add_argument("--party")
-    hadd.add_argument("--agent", dest="agent_id")
-    hadd.add_argument("--direction", choices=DIRECTIONS)
-    hadd.add_argument("--tag")
+    add_search_filters(hadd)
     hadd.add_argument("--json", action="store_true")
     hadd.set_defaults(run=cmd_hold_add)
     hlist = hold_sub.add_parser("list", help="holds in force (--all: released ones too)")

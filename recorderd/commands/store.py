@@ -16,6 +16,7 @@ from typing import Any
 from recorderd.appliance import Appliance, ApplianceError, cli_actor, open_appliance, signature_checker
 from recorderd.commands.common import EXIT_OK, EXIT_PROBLEM, UsageError
 from recorderd.config import ConfigError, load
+from retention.rules import DIRECTIONS
 from storage.audit import verify_chain
 from storage.catalog import RecordingRow
 from storage.keys import KeyStore
@@ -28,6 +29,17 @@ EXPORT_CHUNK = 1 << 20
 ETC_TEMPLATE = Path(__file__).resolve().parents[2] / "etc" / "recorderd.toml"
 
 
+def add_search_filters(parser: argparse.ArgumentParser) -> None:
+    """The catalog search's filters, for every command that selects recordings by a search
+    (`recorderd search`, `recorderd retention hold add`)."""
+    parser.add_argument("--from", dest="date_from", help="started at or after (ISO 8601 or epoch)")
+    parser.add_argument("--to", dest="date_to", help="started before (ISO 8601 or epoch)")
+    parser.add_argument("--party", help="part of either party's number or URI")
+    parser.add_argument("--agent", dest="agent_id", help="agent id (from the configured SIP header)")
+    parser.add_argument("--direction", choices=DIRECTIONS)
+    parser.add_argument("--tag")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     init = sub.add_parser("init", help="a self-contained appliance layout in DIR (config, keys, vault, catalog)")
     init.add_argument("dir", type=Path)
@@ -36,12 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     search = sub.add_parser("search", help="find recordings (full text over parties, Call-ID, tags, notes)")
     search.add_argument("query", nargs="?", help="words or part of a number; all must match")
-    search.add_argument("--from", dest="date_from", help="started at or after (ISO 8601 or epoch)")
-    search.add_argument("--to", dest="date_to", help="started before (ISO 8601 or epoch)")
-    search.add_argument("--party", help="part of either party's number or URI")
-    search.add_argument("--agent", help="agent id (from the configured SIP header)")
-    search.add_argument("--direction", choices=["inbound", "outbound", "internal", "unknown"])
-    search.add_argument("--tag")
+    add_search_filters(search)
     search.add_argument("--min-duration", type=float)
     search.add_argument("--max-duration", type=float)
     search.add_argument("--state", choices=["active", "complete", "partial", "purged"])
@@ -144,7 +151,7 @@ def _public(row: RecordingRow, unmask: bool) -> dict[str, Any]:
 def cmd_search(args: argparse.Namespace) -> int:
     with appliance_from(args, recover=False) as app:
         filters = {"date_from": args.date_from, "date_to": args.date_to, "party": args.party,
-                   "agent_id": args.agent, "direction": args.direction, "tag": args.tag,
+                   "agent_id": args.agent_id, "direction": args.direction, "tag": args.tag,
                    "min_duration": args.min_duration, "max_duration": args.max_duration, "state": args.state}
         try:
             result = app.catalog.search(args.query, limit=args.limit, offset=args.offset, order_by=args.order,
